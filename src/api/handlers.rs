@@ -1,0 +1,150 @@
+//! The API handlers.
+
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::{error_response, ApiState};
+use crate::config::NamespaceConfig;
+use crate::gateway::{wire_member_list, Position};
+use crate::protocol::{CloseCode, ErrorCode, RoomName};
+
+pub fn authorized(state: &ApiState, header: Option<&str>) -> bool {
+    let Some((scheme, key)) = header.and_then(|h| h.split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && crate::auth::api_key_matches(key.trim(), &state.api_key)
+}
+
+pub fn readyz(state: std::sync::Arc<ApiState>) -> Response {
+    let gateway = &state.gateway;
+    let ready = gateway.replicator.is_ready() && !gateway.is_draining();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({"ready": ready, "draining": gateway.is_draining()});
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+pub fn metrics(state: std::sync::Arc<ApiState>) -> Response {
+    let text = state.metrics.render();
+    warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+}
+
+fn room_and_namespace<'a>(state: &'a ApiState, room: &str) -> Result<(RoomName, &'a NamespaceConfig), Response> {
+    let room = RoomName::parse(room).map_err(|e| bad_request(&e.to_string()))?;
+    let namespace = state.gateway.namespaces.get(room.namespace()).ok_or_else(|| {
+        let message = format!("unknown namespace `{}`", room.namespace());
+        error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message)
+    })?;
+    Ok((room, namespace))
+}
+
+pub fn publish(state: &ApiState, body: &[u8]) -> Response {
+    let received_at = Instant::now();
+    #[derive(Deserialize)]
+    struct Publish<'a> {
+        room: String,
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+    let request: Publish<'_> = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(&format!("body must be {{\"room\",\"data\"}}: {error}")),
+    };
+    let Some(data) = request.data.filter(|d| d.get() != "null") else {
+        return bad_request("missing field `data`");
+    };
+    let (room, namespace) = match room_and_namespace(state, &request.room) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if data.get().len() > namespace.max_data_bytes {
+        let message = format!("data is over {} bytes", namespace.max_data_bytes);
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
+    }
+    // A room with no members has no sequence: nothing is delivered, and
+    // epoch 0 says so.
+    let position = state
+        .gateway
+        .hub
+        .publish(&room, data, None, received_at)
+        .unwrap_or(Position { epoch: 0, offset: 0 });
+    warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch})).into_response()
+}
+
+pub fn presence(state: &ApiState, room: &str) -> Response {
+    let decoded = percent_decode(room);
+    let (room, _) = match room_and_namespace(state, &decoded) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let members = state.gateway.replicator.snapshot(&room).map(|s| s.members).unwrap_or_default();
+    let body = serde_json::json!({ "members": wire_member_list(&members) });
+    warp::reply::json(&body).into_response()
+}
+
+pub fn cluster(state: &ApiState) -> Response {
+    let gateway = &state.gateway;
+    let body = serde_json::json!({
+        "leader": &*gateway.node,
+        "term": 0,
+        "nodes": [{
+            "name": &*gateway.node,
+            "state": if gateway.is_draining() { "draining" } else { "alive" },
+            "role": "leader",
+            "connections": gateway.connection_count(),
+        }],
+    });
+    warp::reply::json(&body).into_response()
+}
+
+pub fn disconnect(state: &ApiState, body: &[u8]) -> Response {
+    #[derive(Deserialize)]
+    struct Disconnect {
+        user: String,
+    }
+    let request: Disconnect = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(&format!("body must be {{\"user\"}}: {error}")),
+    };
+    let disconnected = state.gateway.sessions.close_user(&request.user, CloseCode::Normal);
+    warp::reply::json(&serde_json::json!({ "disconnected": disconnected })).into_response()
+}
+
+/// Decodes `%XX` escapes in a path segment (room names may contain `/`, `#`, ...).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(super::percent_decode("chat%3Alobby"), "chat:lobby");
+        assert_eq!(super::percent_decode("chat:a%2Fb"), "chat:a/b");
+        assert_eq!(super::percent_decode("bad%zz"), "bad%zz");
+    }
+}

@@ -1,0 +1,129 @@
+//! The HTTP side of a node (warp, on `listen.api`): the server API, health,
+//! readiness, Prometheus metrics, and in dev mode the demo page.
+//!
+//! Handlers translate HTTP into calls on the gateway, hub and replicator and
+//! back; they hold no state of their own. Every error body is
+//! `{"error":{"code","message"}}` with a code from the wire contract.
+
+mod demo;
+mod handlers;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::gateway::Gateway;
+use crate::protocol::ErrorCode;
+use crate::telemetry::MetricsHandle;
+
+/// What the handlers need.
+pub struct ApiState {
+    pub gateway: Arc<Gateway>,
+    pub metrics: MetricsHandle,
+    pub api_key: String,
+    /// The token secret, present only when the demo page is on (dev mode),
+    /// to mint tokens for the demo page.
+    pub demo_secret: Option<String>,
+}
+
+/// All routes of the API listener.
+pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_state = {
+        let state = Arc::clone(&state);
+        warp::any().map(move || Arc::clone(&state))
+    };
+    let body_limit = state.gateway.config.limits.max_message_bytes as u64 + 1024;
+    let authorized = with_state
+        .clone()
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(|state: Arc<ApiState>, header: Option<String>| async move {
+            if handlers::authorized(&state, header.as_deref()) {
+                Ok(state)
+            } else {
+                Err(warp::reject::custom(Unauthorized))
+            }
+        });
+    let json_body = warp::body::content_length_limit(body_limit).and(warp::body::bytes());
+
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(handlers::readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state.clone()).map(handlers::metrics);
+    let publish = warp::path!("api" / "publish")
+        .and(warp::post())
+        .and(authorized.clone())
+        .and(json_body)
+        .map(|state: Arc<ApiState>, body: Bytes| handlers::publish(&state, &body));
+    let presence = warp::path!("api" / "rooms" / String / "presence")
+        .and(warp::get())
+        .and(authorized.clone())
+        .map(|room: String, state: Arc<ApiState>| handlers::presence(&state, &room));
+    let cluster = warp::path!("api" / "cluster")
+        .and(warp::get())
+        .and(authorized.clone())
+        .map(|state: Arc<ApiState>| handlers::cluster(&state));
+    let disconnect = warp::path!("api" / "disconnect")
+        .and(warp::post())
+        .and(authorized)
+        .and(json_body)
+        .map(|state: Arc<ApiState>, body: Bytes| handlers::disconnect(&state, &body));
+    let demo_page = warp::path::end()
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(|state: Arc<ApiState>| async move { demo::page(&state).ok_or_else(warp::reject::not_found) });
+    let demo_token = warp::path!("dev" / "token")
+        .and(warp::get())
+        .and(with_state)
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(|state: Arc<ApiState>, query: std::collections::HashMap<String, String>| async move {
+            demo::token(&state, query.get("user").map(String::as_str)).ok_or_else(warp::reject::not_found)
+        });
+
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(publish)
+        .unify()
+        .or(presence)
+        .unify()
+        .or(cluster)
+        .unify()
+        .or(disconnect)
+        .unify()
+        .or(demo_page)
+        .unify()
+        .or(demo_token)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+/// Builds the JSON error response of the API.
+pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code.as_str(), "message": message}});
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let response = if rejection.find::<Unauthorized>().is_some() {
+        error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong API key")
+    } else if rejection.is_not_found() {
+        error_response(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, "request body too large")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_response(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest, "method not allowed")
+    } else {
+        error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "bad request")
+    };
+    Ok(response)
+}

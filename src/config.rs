@@ -1,0 +1,612 @@
+//! Typed configuration: TOML file plus `STARLING_` environment overrides,
+//! defaults, and validation with errors that name the offending key.
+//!
+//! This module owns what a setting means and its default. It must not open
+//! sockets or start anything; `node` does that with the validated result.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub api: ApiConfig,
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unique name of this node in the cluster; shown as `node` to clients.
+    pub name: String,
+    /// Where the node keeps its durable state (the Raft log, in a cluster).
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: "node-1".into(), data_dir: "data/node-1".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// WebSocket listener for clients (`GET /ws`).
+    pub client: SocketAddr,
+    /// HTTP listener: server API, health, metrics, demo page.
+    pub api: SocketAddr,
+    /// Node-to-node links (Raft and forwarding).
+    pub peer: SocketAddr,
+    /// Gossip (UDP).
+    pub gossip: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        ListenConfig { client: at(7601), api: at(7701), peer: at(7801), gossip: at(7901) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Gossip addresses of nodes to contact at start.
+    pub seeds: Vec<String>,
+    /// How many nodes form the first Raft group; 1 is a single node.
+    pub bootstrap_expect: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { seeds: Vec::new(), bootstrap_expect: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256/HS384/HS512 tokens.
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key for RS256/RS384/RS512/PS256/ES256/ES384 tokens.
+    pub jwt_public_key_pem: Option<String>,
+    /// Accepted `alg` values; empty means the default of the key kind
+    /// (HS256 for a secret, RS256 or ES256 for a public key).
+    pub jwt_algorithms: Vec<String>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp`, in seconds.
+    pub jwt_leeway_secs: u64,
+    /// Key for the HTTP server API (`Authorization: Bearer <api_key>`).
+    pub api_key: Option<String>,
+    /// Browser origins allowed to connect; `"*"` allows any. Requests with no
+    /// `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open client connections per node; above it upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// TCP connections still in the WebSocket handshake; above it new TCP
+    /// connections are closed at once.
+    pub max_pending_handshakes: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+    /// Largest client frame or message, in bytes; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Largest `meta` object in a join, in bytes (`too_large`).
+    pub max_meta_bytes: usize,
+    /// Publishes per second per connection (token bucket refill rate).
+    pub publish_per_second: f64,
+    /// Publishes a connection may send in a burst.
+    pub publish_burst: u32,
+    /// Other requests (join, leave, presence, bad frames) per second per connection.
+    pub requests_per_second: f64,
+    pub request_burst: u32,
+    /// Consecutive `rate_limited` replies after which the connection is closed with 4029.
+    pub rate_limited_close_after: u32,
+    /// Frames waiting to be written to one connection; above it the
+    /// connection is closed with 4008 (slow consumer).
+    pub outbound_queue_messages: usize,
+    /// Bytes waiting to be written to one connection (same policy).
+    pub outbound_queue_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_pending_handshakes: 1024,
+            max_rooms_per_connection: 100,
+            max_message_bytes: 64 * 1024,
+            max_meta_bytes: 2048,
+            publish_per_second: 50.0,
+            publish_burst: 100,
+            requests_per_second: 20.0,
+            request_burst: 50,
+            rate_limited_close_after: 20,
+            outbound_queue_messages: 1024,
+            outbound_queue_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Read buffer per connection, allocated for its whole life.
+    pub read_buffer_bytes: usize,
+    /// Bytes tungstenite buffers before writing to the socket.
+    pub write_buffer_bytes: usize,
+    /// Time allowed from TCP accept to a finished upgrade.
+    pub handshake_timeout_ms: u64,
+    /// Interval of server `ping` frames.
+    pub heartbeat_ms: u64,
+    /// Time after a `ping` within which the client must send any frame.
+    pub heartbeat_timeout_ms: u64,
+    /// Time allowed to write the close frame before the socket is dropped.
+    pub close_timeout_ms: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+            handshake_timeout_ms: 10_000,
+            heartbeat_ms: 25_000,
+            heartbeat_timeout_ms: 10_000,
+            close_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Window over which client closes (1012) are spread on SIGTERM.
+    pub drain_ms: u64,
+    /// Hard limit for the whole shutdown; what is still open then is dropped.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_ms: 5_000, deadline_ms: 15_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info,starling::gateway=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Pretty }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the demo chat page at `/` and dev tokens at `/dev/token`.
+    /// Never turn this on where the API listener is reachable by untrusted users.
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// The room prefix before `:`.
+    pub name: String,
+    /// Whether members are listed (join reply, `presence`).
+    #[serde(default = "yes")]
+    pub presence: bool,
+    /// Whether `joined`/`left` events are sent to members.
+    #[serde(default = "yes")]
+    pub join_leave_events: bool,
+    /// Who may publish: `members` (clients in the room) or `server` (API only).
+    #[serde(default)]
+    pub publish: PublishPolicy,
+    /// Members per room; absent means unlimited.
+    #[serde(default)]
+    pub max_members: Option<u32>,
+    /// Largest `data` of one publish, in bytes (`too_large`).
+    #[serde(default = "default_max_data_bytes")]
+    pub max_data_bytes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_data_bytes() -> usize {
+    32 * 1024
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishPolicy {
+    #[default]
+    Members,
+    Server,
+}
+
+/// A configuration that could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `STARLING_*` overrides from `env`, and
+    /// validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                    path: path.into(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut table, env)?;
+        let config = Config::from_table(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `STARLING_*` overrides on top of an in-memory config (the dev node).
+    pub fn load_over(
+        base: Config,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = toml::to_string(&base).map_err(|e| key_error("(top level)", e.to_string()))?;
+        let mut table = text.parse::<toml::Table>().map_err(|e| key_error("(top level)", e.message().to_string()))?;
+        apply_env_overrides(&mut table, env)?;
+        let config = Config::from_table(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+            let key = error.path().to_string();
+            let message = error.into_inner().message().to_string();
+            key_error(if key == "." { "(top level)".into() } else { key }, message)
+        })
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.name.is_empty() || self.node.name.len() > 64 {
+            return Err(key_error("node.name", "must be 1 to 64 characters"));
+        }
+        if self.cluster.bootstrap_expect != 1 {
+            return Err(key_error(
+                "cluster.bootstrap_expect",
+                "this build runs single nodes only; clustering is not available yet",
+            ));
+        }
+        let limits = &self.limits;
+        let positive = [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_pending_handshakes", limits.max_pending_handshakes),
+            ("limits.max_rooms_per_connection", limits.max_rooms_per_connection),
+            ("limits.max_message_bytes", limits.max_message_bytes),
+            ("limits.outbound_queue_messages", limits.outbound_queue_messages),
+            ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
+            ("limits.publish_burst", limits.publish_burst as usize),
+            ("limits.request_burst", limits.request_burst as usize),
+            ("limits.rate_limited_close_after", limits.rate_limited_close_after as usize),
+            ("websocket.heartbeat_ms", self.websocket.heartbeat_ms as usize),
+            ("websocket.heartbeat_timeout_ms", self.websocket.heartbeat_timeout_ms as usize),
+            ("websocket.handshake_timeout_ms", self.websocket.handshake_timeout_ms as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(key_error(key, "must be greater than 0"));
+            }
+        }
+        for (key, rate) in [
+            ("limits.publish_per_second", limits.publish_per_second),
+            ("limits.requests_per_second", limits.requests_per_second),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(key_error(key, "must be a positive number"));
+            }
+        }
+        if !(256..=16 << 20).contains(&self.websocket.read_buffer_bytes) {
+            return Err(key_error("websocket.read_buffer_bytes", "must be 256 to 16777216"));
+        }
+        if self.shutdown.deadline_ms < self.shutdown.drain_ms {
+            return Err(key_error("shutdown.deadline_ms", "must be at least shutdown.drain_ms"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| key_error("log.level", e.to_string()))?;
+        self.validate_auth()?;
+        self.validate_namespaces()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.jwt_hs256_secret.is_some() && auth.jwt_public_key_pem.is_some() {
+            return Err(key_error(
+                "auth.jwt_public_key_pem",
+                "set either auth.jwt_hs256_secret or auth.jwt_public_key_pem, not both",
+            ));
+        }
+        if let Some(secret) = &auth.jwt_hs256_secret {
+            if secret.len() < 32 {
+                return Err(key_error("auth.jwt_hs256_secret", "must be at least 32 bytes"));
+            }
+        }
+        if let Some(key) = &auth.api_key {
+            if key.len() < 16 {
+                return Err(key_error("auth.api_key", "must be at least 16 characters"));
+            }
+        }
+        crate::auth::algorithms_for(auth).map_err(|e| key_error("auth.jwt_algorithms", e))?;
+        let loopback_only = [self.listen.client, self.listen.api]
+            .iter()
+            .all(|addr| addr.ip().is_loopback());
+        let has_token_key = auth.jwt_hs256_secret.is_some() || auth.jwt_public_key_pem.is_some();
+        if !loopback_only && !(has_token_key && auth.api_key.is_some()) {
+            return Err(key_error(
+                "auth",
+                "listening on a non-loopback address needs an explicit token key \
+                 (jwt_hs256_secret or jwt_public_key_pem) and api_key",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_namespaces(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, namespace) in self.namespaces.iter().enumerate() {
+            let key = |field: &str| format!("namespaces[{i}].{field}");
+            if !crate::protocol::is_namespace_name(&namespace.name) {
+                return Err(key_error(
+                    key("name"),
+                    "must be 1 to 32 characters of a-z, 0-9, `_` or `-`",
+                ));
+            }
+            if !seen.insert(namespace.name.as_str()) {
+                return Err(key_error(key("name"), format!("`{}` is defined twice", namespace.name)));
+            }
+            if namespace.max_data_bytes == 0 {
+                return Err(key_error(key("max_data_bytes"), "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the node was given no token key or no API key, so that dev
+    /// mode has to generate them (only allowed on loopback, see `validate`).
+    pub fn needs_generated_secrets(&self) -> bool {
+        (self.auth.jwt_hs256_secret.is_none() && self.auth.jwt_public_key_pem.is_none())
+            || self.auth.api_key.is_none()
+    }
+
+    /// The effective configuration as TOML, with every secret masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        let mask = |value: &mut Option<String>| {
+            if value.is_some() {
+                *value = Some("********".into());
+            }
+        };
+        mask(&mut masked.auth.jwt_hs256_secret);
+        mask(&mut masked.auth.api_key);
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The single dev node: loopback, demo page on, a `chat` namespace.
+    pub fn dev() -> Config {
+        let mut config = Config::default();
+        config.node.name = "dev".into();
+        config.node.data_dir = "data/dev".into();
+        config.api.demo = true;
+        config.auth.allowed_origins = vec![
+            format!("http://{}", config.listen.api),
+            format!("http://localhost:{}", config.listen.api.port()),
+        ];
+        config.namespaces = vec![NamespaceConfig {
+            name: "chat".into(),
+            presence: true,
+            join_leave_events: true,
+            publish: PublishPolicy::Members,
+            max_members: None,
+            max_data_bytes: default_max_data_bytes(),
+        }];
+        config
+    }
+}
+
+/// Sets `STARLING_A__B=value` as key `a.b`. A value is read as TOML when it
+/// parses as a TOML value (numbers, booleans, arrays), else as a string.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(path) = var.strip_prefix("STARLING_") else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Env { var, message: "empty key segment".into() });
+        }
+        let value = parse_env_value(&raw);
+        let (last, parents) = keys.split_last().expect("split yields at least one key");
+        let mut cursor = &mut *table;
+        for key in parents {
+            let entry = cursor
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(inner) => inner,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{key}` is not a table"),
+                    })
+                }
+            };
+        }
+        cursor.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Settings the gateway reads per connection, derived once from `Config`.
+#[derive(Debug, Clone)]
+pub struct NamespacePolicies {
+    namespaces: std::collections::HashMap<String, NamespaceConfig>,
+}
+
+impl NamespacePolicies {
+    pub fn new(namespaces: &[NamespaceConfig]) -> NamespacePolicies {
+        NamespacePolicies {
+            namespaces: namespaces.iter().map(|n| (n.name.clone(), n.clone())).collect(),
+        }
+    }
+
+    pub fn get(&self, namespace: &str) -> Option<&NamespaceConfig> {
+        self.namespaces.get(namespace)
+    }
+}
+
+/// The incarnation tag of connection ids minted by this process.
+pub fn incarnation_tag(incarnation: u64) -> u32 {
+    // Mixed so that nodes booted in the same second still differ.
+    let mixed = incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 40) as u32 & 0xff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("starling-config-{}", rand::random::<u64>()));
+        std::fs::write(&dir, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let result = Config::load(Some(&dir), env);
+        std::fs::remove_file(&dir).ok();
+        result
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.listen.client.port(), 7601);
+        assert_eq!(config.websocket.read_buffer_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let error = load("[listen]\nclinet = \"127.0.0.1:1\"\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("listen") && error.contains("clinet"), "{error}");
+        let error = load("[limits]\nmax_connections = \"many\"\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("limits.max_connections"), "{error}");
+        let error = load("[limits]\nmax_connections = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(error, "config key `limits.max_connections`: must be greater than 0");
+        let error = load("[[namespaces]]\nname = \"Chat\"\n", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `namespaces[0].name`"), "{error}");
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file() {
+        let config = load(
+            "[listen]\nclient = \"127.0.0.1:1000\"\n",
+            &[
+                ("STARLING_LISTEN__CLIENT", "127.0.0.1:2000"),
+                ("STARLING_LIMITS__MAX_CONNECTIONS", "7"),
+                ("STARLING_AUTH__ALLOWED_ORIGINS", r#"["http://a"]"#),
+                ("OTHER", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen.client.port(), 2000);
+        assert_eq!(config.limits.max_connections, 7);
+        assert_eq!(config.auth.allowed_origins, vec!["http://a".to_string()]);
+        let error = load("", &[("STARLING_LISTEN__NOPE", "1")]).unwrap_err().to_string();
+        assert!(error.contains("nope"), "{error}");
+    }
+
+    #[test]
+    fn non_loopback_needs_explicit_secrets() {
+        let error = load("[listen]\nclient = \"0.0.0.0:7601\"\n", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `auth`"), "{error}");
+        let ok = format!(
+            "[listen]\nclient = \"0.0.0.0:7601\"\n[auth]\njwt_hs256_secret = \"{}\"\napi_key = \"{}\"\n",
+            "s".repeat(32),
+            "k".repeat(16)
+        );
+        assert!(load(&ok, &[]).is_ok());
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut config = Config::dev();
+        config.auth.jwt_hs256_secret = Some("super-secret-value-that-is-long-enough".into());
+        config.auth.api_key = Some("api-key-value-123".into());
+        let text = config.to_masked_toml();
+        assert!(!text.contains("super-secret") && !text.contains("api-key-value"), "{text}");
+        assert!(text.contains("********"));
+    }
+}

@@ -1,0 +1,101 @@
+//! The checks made on the HTTP upgrade request, before any `101`.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
+use tokio_tungstenite::tungstenite::http::{header, StatusCode};
+
+use super::Gateway;
+use crate::auth::{AuthError, Claims};
+use crate::protocol::ConnId;
+
+/// A request that passed every check, holding its connection slot.
+#[derive(Debug)]
+pub struct Admission {
+    pub conn: ConnId,
+    pub claims: Claims,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Why an upgrade was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// 404: the path is not `/ws`.
+    NotFound,
+    /// 403: `Origin` is not allowed.
+    ForbiddenOrigin,
+    /// 401: missing, invalid or expired token.
+    Unauthorized(AuthError),
+    /// 503 with `Retry-After`: the node is full or draining.
+    Unavailable { reason: &'static str, retry_after_secs: u32 },
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn into_response(self) -> ErrorResponse {
+        let body = match &self {
+            Rejection::NotFound => "not found: WebSocket endpoint is /ws".to_string(),
+            Rejection::ForbiddenOrigin => "origin not allowed".to_string(),
+            Rejection::Unauthorized(error) => error.to_string(),
+            Rejection::Unavailable { reason, .. } => reason.to_string(),
+        };
+        let mut response = ErrorResponse::new(Some(body));
+        *response.status_mut() = self.status();
+        if let Rejection::Unavailable { retry_after_secs, .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after_secs.into());
+        }
+        response
+    }
+}
+
+impl Gateway {
+    /// Decides whether `request` may be upgraded. Cheap checks come first;
+    /// the connection slot is taken last, only for a valid token.
+    pub fn admit(&self, request: &Request) -> Result<Admission, Rejection> {
+        if request.uri().path() != "/ws" {
+            return Err(Rejection::NotFound);
+        }
+        if self.is_draining() {
+            return Err(Rejection::Unavailable { reason: "node is draining", retry_after_secs: 1 });
+        }
+        let origin = request.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !self.origins.allows(origin) {
+            return Err(Rejection::ForbiddenOrigin);
+        }
+        let token = token_of(request).ok_or(Rejection::Unauthorized(AuthError::Missing))?;
+        let claims = self.verifier.verify(token).map_err(Rejection::Unauthorized)?;
+        let permit = Arc::clone(&self.connection_permits)
+            .try_acquire_owned()
+            .map_err(|_| Rejection::Unavailable { reason: "node is full", retry_after_secs: 5 })?;
+        Ok(Admission { conn: self.mint_conn_id(), claims, permit })
+    }
+}
+
+/// The token from `Authorization: Bearer ...`, else from `?token=...`.
+fn token_of(request: &Request) -> Option<&str> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
+    }
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .filter(|token| !token.is_empty())
+}
+
+/// The request path with the query (which may carry a token) removed, for logs.
+pub fn redacted_path(request: &Request) -> &str {
+    request.uri().path()
+}

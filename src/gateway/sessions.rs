@@ -1,0 +1,67 @@
+//! The registry of open sessions on this node, by connection and by user.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::outbound::Outbound;
+use crate::protocol::{CloseCode, ConnId};
+
+/// What other parts of the node may reach of a session: its identity and
+/// its outbound queue (to deliver frames or ask it to close).
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub conn: ConnId,
+    pub user: Arc<str>,
+    pub outbound: Outbound,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_conn: RwLock<HashMap<ConnId, Arc<SessionEntry>>>,
+}
+
+impl Sessions {
+    pub fn insert(&self, entry: Arc<SessionEntry>) {
+        self.write().insert(entry.conn, entry);
+    }
+
+    pub fn remove(&self, conn: ConnId) {
+        self.write().remove(&conn);
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<Arc<SessionEntry>> {
+        self.read().get(&conn).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every open session, for draining.
+    pub fn all(&self) -> Vec<Arc<SessionEntry>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Asks every session of `user` to close with `code`; returns how many.
+    pub fn close_user(&self, user: &str, code: CloseCode) -> usize {
+        let sessions = self.read();
+        let mut closed = 0;
+        for entry in sessions.values().filter(|e| &*e.user == user) {
+            entry.outbound.close(code);
+            closed += 1;
+        }
+        closed
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ConnId, Arc<SessionEntry>>> {
+        self.by_conn.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ConnId, Arc<SessionEntry>>> {
+        self.by_conn.write().unwrap_or_else(|p| p.into_inner())
+    }
+}

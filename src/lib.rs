@@ -1,0 +1,32 @@
+//! Starling: a clustered real-time WebSocket server with no external broker.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration, defaults, env overrides, validation.
+//! - [`protocol`]: the client wire contract v1 (frames, error and close codes); no I/O.
+//! - [`rooms`]: the pure room/presence state machine, `apply(command) -> effects`.
+//! - [`replicate`]: the one place room commands are ordered and applied.
+//! - [`gateway`]: client WebSocket listener, admission, sessions, fan-out.
+//! - [`api`]: HTTP server API, health, readiness, metrics, demo page (warp).
+//! - [`auth`]: JWT verification, Origin allow-list, API key.
+//! - [`telemetry`]: logging and metrics.
+//! - [`node`]: the composition root that builds and stops all of the above.
+//!
+//! Dependencies point one way: `node` uses everything; `gateway` and `api`
+//! use `protocol`, `rooms`, `auth` and `replicate`; `rooms` uses only ids
+//! from `protocol`; `protocol`, `rooms` and `config` do no I/O.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod node;
+pub mod protocol;
+pub mod replicate;
+pub mod rooms;
+pub mod telemetry;
+
+pub use config::Config;
+pub use node::{Node, NodeStats};

@@ -1,0 +1,149 @@
+//! The `starling` command line: `serve` (the default), `check-config` and `token`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use starling::auth::{mint_token, MintRequest};
+use starling::{Config, Node};
+
+#[derive(Parser)]
+#[command(name = "starling", version, about = "Clustered real-time WebSocket server with no external broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML). Without one, a single dev node runs on loopback.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default).
+    Serve,
+    /// Validate a config file and print the effective config, secrets masked.
+    CheckConfig { file: PathBuf },
+    /// Mint an HS256 token (for development and tests).
+    Token {
+        /// The shared secret (auth.jwt_hs256_secret).
+        #[arg(long, env = "STARLING_TOKEN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user id.
+        #[arg(long)]
+        sub: String,
+        /// Room glob the user may join; repeat for several.
+        #[arg(long = "rooms", default_value = "*")]
+        rooms: Vec<String>,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// `meta` claim, a JSON object.
+        #[arg(long)]
+        meta: Option<String>,
+        #[arg(long)]
+        aud: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file), std::env::vars())?;
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+        Command::Token { secret, sub, rooms, ttl, meta, aud, iss } => {
+            let meta = match meta {
+                Some(text) => Some(serde_json::from_str(&text).context("--meta must be a JSON object")?),
+                None => None,
+            };
+            let request = MintRequest { sub, rooms, ttl, meta, audience: aud, issuer: iss };
+            println!("{}", mint_token(&secret, &request)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = match &path {
+        Some(path) => Config::load(Some(path), std::env::vars())?,
+        None => {
+            let mut config = Config::dev();
+            // Env overrides apply to the dev node too.
+            let overrides: Vec<_> = std::env::vars().filter(|(k, _)| k.starts_with("STARLING_")).collect();
+            if !overrides.is_empty() {
+                config = Config::load_over(config, overrides)?;
+            }
+            config
+        }
+    };
+    starling::telemetry::init_logging(&config.log);
+    let generated = config.needs_generated_secrets().then(|| generate_secrets(&mut config));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let node = Node::start(config.clone()).await?;
+        if let Some(secret) = generated {
+            print_dev_banner(&config, &node, secret.as_deref())?;
+        }
+        wait_for_signal().await?;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Fills in a missing token secret and API key (loopback only, enforced by
+/// validation). Returns the token secret if it was generated.
+fn generate_secrets(config: &mut Config) -> Option<String> {
+    let random = || {
+        let bytes: [u8; 24] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    if config.auth.api_key.is_none() {
+        config.auth.api_key = Some(random());
+    }
+    if config.auth.jwt_hs256_secret.is_none() && config.auth.jwt_public_key_pem.is_none() {
+        let secret = random();
+        config.auth.jwt_hs256_secret = Some(secret.clone());
+        return Some(secret);
+    }
+    None
+}
+
+fn print_dev_banner(config: &Config, node: &Node, secret: Option<&str>) -> anyhow::Result<()> {
+    let api_key = config.auth.api_key.as_deref().unwrap_or_default();
+    println!("Starling dev node `{}` is running.", config.node.name);
+    println!("  WebSocket:  ws://{}/ws", node.client_addr());
+    println!("  HTTP API:   http://{}", node.api_addr());
+    if config.api.demo {
+        println!("  Demo chat:  http://{}/  (open it in two tabs)", node.api_addr());
+    }
+    println!("  API key:    {api_key}");
+    if let Some(secret) = secret {
+        let request = MintRequest {
+            sub: "alice".into(),
+            rooms: vec!["chat:*".into()],
+            ttl: Duration::from_secs(3600),
+            meta: None,
+            audience: config.auth.jwt_audience.clone(),
+            issuer: config.auth.jwt_issuer.clone(),
+        };
+        println!("  JWT secret: {secret}");
+        println!("  Sample token (alice, chat:*, 1h): {}", mint_token(secret, &request)?);
+    }
+    println!("These secrets are generated at each start and are for this process only.");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        result = tokio::signal::ctrl_c() => result?,
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The composition root: builds every part of a node from its config,
+//! starts its listeners, and owns the shutdown tree.
+//!
+//! Two trackers make shutdown orderly: `connections` holds every client
+//! session, `background` the API server and housekeeping. Draining stops the
+//! accept loop, closes sessions with 1012 spread over `shutdown.drain_ms`,
+//! waits for them, then stops the rest, all within `shutdown.deadline_ms`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::auth::JwtVerifier;
+use crate::config::{Config, NamespacePolicies};
+use crate::gateway::{self, Gateway, GatewayParts, Hub, Sessions};
+use crate::protocol::CloseCode;
+use crate::replicate::{Replicator, TableStats};
+use crate::telemetry::{self, Metrics};
+
+/// A running node.
+pub struct Node {
+    gateway: Arc<Gateway>,
+    client_addr: SocketAddr,
+    api_addr: SocketAddr,
+    /// Stops the client accept loop (first step of draining).
+    stop_accepting: CancellationToken,
+    /// Hard stop: abandons whatever is still running.
+    stop_all: CancellationToken,
+    connections: TaskTracker,
+    background: TaskTracker,
+}
+
+/// Counts a test or an operator can check, e.g. that everything returns to
+/// zero after clients leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Open client sessions.
+    pub sessions: usize,
+    /// Session tasks still running (including ones in their handshake).
+    pub connection_tasks: usize,
+    /// Rooms with members on this node, in the fan-out hub.
+    pub local_rooms: usize,
+    /// Local (room, connection) subscriptions in the hub.
+    pub subscriptions: usize,
+    /// The replicated room table.
+    pub table: TableStats,
+}
+
+impl Node {
+    /// Binds the listeners and starts serving. The config must carry a token
+    /// key and an API key (dev mode generates them before calling this).
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let Some(api_key) = config.auth.api_key.clone() else {
+            bail!("auth.api_key is not set");
+        };
+        let verifier = JwtVerifier::new(&config.auth).context("building the token verifier")?;
+        let config = Arc::new(config);
+        let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let metrics_handle = telemetry::install_recorder();
+        let metrics = Metrics::new(&config.node.name);
+        let namespaces = Arc::new(NamespacePolicies::new(&config.namespaces));
+        let sessions = Arc::new(Sessions::default());
+        let hub = Arc::new(Hub::new(
+            Arc::from(config.node.name.as_str()),
+            incarnation,
+            Arc::clone(&sessions),
+            Arc::clone(&namespaces),
+            metrics.clone(),
+        ));
+        let replicator = Arc::new(Replicator::local(Arc::clone(&hub)));
+        let gateway = Arc::new(Gateway::new(GatewayParts {
+            config: Arc::clone(&config),
+            incarnation,
+            verifier,
+            namespaces,
+            sessions,
+            hub,
+            replicator,
+            metrics,
+        }));
+
+        let client_listener = TcpListener::bind(config.listen.client)
+            .await
+            .with_context(|| format!("binding listen.client {}", config.listen.client))?;
+        let api_listener = TcpListener::bind(config.listen.api)
+            .await
+            .with_context(|| format!("binding listen.api {}", config.listen.api))?;
+        let client_addr = client_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+
+        let node = Node {
+            gateway: Arc::clone(&gateway),
+            client_addr,
+            api_addr,
+            stop_accepting: CancellationToken::new(),
+            stop_all: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            background: TaskTracker::new(),
+        };
+        let accept = gateway::serve(
+            client_listener,
+            Arc::clone(&gateway),
+            node.stop_accepting.clone(),
+            node.connections.clone(),
+        );
+        // The accept loop ends before sessions do; it lives on `background`
+        // so that waiting for `connections` only waits for sessions.
+        node.background.spawn(accept);
+        let demo_secret = config.auth.jwt_hs256_secret.clone().filter(|_| config.api.demo);
+        let state = Arc::new(ApiState { gateway: Arc::clone(&gateway), metrics: metrics_handle.clone(), api_key, demo_secret });
+        let stop_api = node.stop_all.clone();
+        let server = warp::serve(api::routes(state))
+            .incoming(api_listener)
+            .graceful(async move { stop_api.cancelled().await });
+        node.background.spawn(server.run());
+        let stop_upkeep = node.stop_all.clone();
+        node.background.spawn(async move {
+            // Histograms keep raw samples until upkeep folds them into buckets.
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop_upkeep.cancelled() => return,
+                    _ = every.tick() => metrics_handle.run_upkeep(),
+                }
+            }
+        });
+        info!(node = %config.node.name, client = %client_addr, api = %api_addr, "node started");
+        Ok(node)
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let hub = &self.gateway.hub;
+        NodeStats {
+            sessions: self.gateway.sessions.len(),
+            connection_tasks: self.connections.len(),
+            local_rooms: hub.room_count(),
+            subscriptions: hub.subscription_count(),
+            table: self.gateway.replicator.stats(),
+        }
+    }
+
+    /// Drains and stops: refuses new upgrades, closes clients with 1012
+    /// spread over the drain window, waits for them within the deadline,
+    /// then stops everything else.
+    pub async fn shutdown(self) {
+        let config = &self.gateway.config.shutdown;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(config.deadline_ms);
+        let drain = Duration::from_millis(config.drain_ms);
+        self.gateway.start_draining();
+        self.stop_accepting.cancel();
+        let sessions = self.gateway.sessions.all();
+        let count = sessions.len().max(1) as u32;
+        info!(sessions = sessions.len(), drain_ms = config.drain_ms, "draining");
+        for (i, session) in sessions.iter().enumerate() {
+            // Spreading closes keeps every client from reconnecting elsewhere
+            // in the same instant.
+            tokio::time::sleep_until(started + drain * i as u32 / count).await;
+            session.outbound.close(CloseCode::Restarting);
+        }
+        drop(sessions);
+        self.connections.close();
+        if tokio::time::timeout_at(deadline, self.connections.wait()).await.is_err() {
+            warn!(left = self.connections.len(), "drain deadline passed; dropping the rest");
+        }
+        self.stop_all.cancel();
+        self.background.close();
+        let grace = deadline.max(Instant::now() + Duration::from_secs(1));
+        if tokio::time::timeout_at(grace, async {
+            self.connections.wait().await;
+            self.background.wait().await;
+        })
+        .await
+        .is_err()
+        {
+            warn!("tasks still running after the shutdown deadline");
+        }
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    }
+}

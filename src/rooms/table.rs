@@ -1,0 +1,436 @@
+//! The room table and its `apply` function.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::protocol::{ConnId, RoomName};
+
+/// One member of one room: a connection of a user on a node incarnation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: Arc<str>,
+    pub conn: ConnId,
+    pub node: Arc<str>,
+    /// The node's incarnation (boot generation) when the member joined, so
+    /// that a restarted node can evict its predecessor's members.
+    pub incarnation: u64,
+    /// The member's `meta`, as JSON object text.
+    pub meta: Arc<str>,
+}
+
+/// A change to the table. Commands carry every input they need (limits
+/// included), so that applying them is deterministic on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomCommand {
+    Join {
+        room: RoomName,
+        member: MemberRecord,
+        /// The room's namespace limit at proposal time; `None` is unlimited.
+        max_members: Option<u32>,
+    },
+    Leave {
+        room: RoomName,
+        conn: ConnId,
+    },
+    /// A connection closed: it leaves every room it was in.
+    ConnGone { conn: ConnId },
+    /// A node incarnation died or restarted: every member it hosted with an
+    /// incarnation up to `incarnation` leaves.
+    EvictNode { node: Arc<str>, incarnation: u64 },
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    RoomFull { max_members: u32 },
+}
+
+/// Why a member left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    Left,
+    Disconnected,
+    NodeEvicted,
+}
+
+/// What applying a command did, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A room came into existence with its first member.
+    RoomOpened { room: RoomName, epoch: u64, owner: Arc<str> },
+    Joined { room: RoomName, epoch: u64, member: Arc<MemberRecord> },
+    /// The connection was already a member; nothing changed.
+    AlreadyJoined { room: RoomName, epoch: u64, conn: ConnId },
+    Rejected { room: RoomName, conn: ConnId, rejection: Rejection },
+    Left { room: RoomName, member: Arc<MemberRecord>, reason: LeaveReason },
+    /// A leave for a connection that was not a member; nothing changed.
+    NotMember { room: RoomName, conn: ConnId },
+    /// The owner's node left while the room still had members: a new owner
+    /// sequences the room from offset 1 in a new epoch.
+    OwnerChanged { room: RoomName, epoch: u64, owner: Arc<str> },
+    /// The last member left; the room no longer exists.
+    RoomClosed { room: RoomName },
+}
+
+#[derive(Debug, Clone)]
+struct Room {
+    /// The log index at which the room opened or last changed owner. Epochs
+    /// only grow, so a client can tell a restarted sequence from a gap.
+    epoch: u64,
+    owner: Arc<str>,
+    members: BTreeMap<ConnId, Arc<MemberRecord>>,
+}
+
+/// A consistent copy of one room, for presence reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    pub epoch: u64,
+    pub owner: Arc<str>,
+    pub members: Vec<Arc<MemberRecord>>,
+}
+
+/// Every room and its members.
+#[derive(Debug, Default, Clone)]
+pub struct RoomTable {
+    rooms: HashMap<RoomName, Room>,
+    /// The rooms of each connection, so `ConnGone` does not scan every room.
+    rooms_by_conn: HashMap<ConnId, Vec<RoomName>>,
+}
+
+impl RoomTable {
+    pub fn new() -> RoomTable {
+        RoomTable::default()
+    }
+
+    /// Applies `command` as the log entry at `index` (strictly increasing
+    /// between calls) and returns what changed.
+    pub fn apply(&mut self, index: u64, command: RoomCommand) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match command {
+            RoomCommand::Join { room, member, max_members } => {
+                self.join(index, room, member, max_members, &mut effects)
+            }
+            RoomCommand::Leave { room, conn } => {
+                if !self.remove_member(index, &room, conn, LeaveReason::Left, &mut effects) {
+                    effects.push(Effect::NotMember { room, conn });
+                }
+            }
+            RoomCommand::ConnGone { conn } => {
+                let rooms = self.rooms_by_conn.get(&conn).cloned().unwrap_or_default();
+                for room in rooms {
+                    self.remove_member(index, &room, conn, LeaveReason::Disconnected, &mut effects);
+                }
+            }
+            RoomCommand::EvictNode { node, incarnation } => {
+                self.evict_node(index, &node, incarnation, &mut effects)
+            }
+        }
+        effects
+    }
+
+    fn join(
+        &mut self,
+        index: u64,
+        room: RoomName,
+        member: MemberRecord,
+        max_members: Option<u32>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let conn = member.conn;
+        if let Some(existing) = self.rooms.get(&room) {
+            if existing.members.contains_key(&conn) {
+                effects.push(Effect::AlreadyJoined { room, epoch: existing.epoch, conn });
+                return;
+            }
+            if let Some(max) = max_members {
+                if existing.members.len() >= max as usize {
+                    let rejection = Rejection::RoomFull { max_members: max };
+                    effects.push(Effect::Rejected { room, conn, rejection });
+                    return;
+                }
+            }
+        } else if max_members == Some(0) {
+            let rejection = Rejection::RoomFull { max_members: 0 };
+            effects.push(Effect::Rejected { room, conn, rejection });
+            return;
+        }
+        let entry = self.rooms.entry(room.clone()).or_insert_with(|| {
+            effects.push(Effect::RoomOpened {
+                room: room.clone(),
+                epoch: index,
+                owner: member.node.clone(),
+            });
+            Room { epoch: index, owner: member.node.clone(), members: BTreeMap::new() }
+        });
+        let member = Arc::new(member);
+        entry.members.insert(conn, member.clone());
+        self.rooms_by_conn.entry(conn).or_default().push(room.clone());
+        effects.push(Effect::Joined { room, epoch: entry.epoch, member });
+    }
+
+    /// Removes one member; returns false when it was not a member.
+    fn remove_member(
+        &mut self,
+        index: u64,
+        room_name: &RoomName,
+        conn: ConnId,
+        reason: LeaveReason,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return false;
+        };
+        let Some(member) = room.members.remove(&conn) else {
+            return false;
+        };
+        if let Some(rooms) = self.rooms_by_conn.get_mut(&conn) {
+            rooms.retain(|r| r != room_name);
+            if rooms.is_empty() {
+                self.rooms_by_conn.remove(&conn);
+            }
+        }
+        effects.push(Effect::Left { room: room_name.clone(), member, reason });
+        if room.members.is_empty() {
+            self.rooms.remove(room_name);
+            effects.push(Effect::RoomClosed { room: room_name.clone() });
+        } else if reason == LeaveReason::NodeEvicted {
+            self.reassign_owner_if_gone(index, room_name, effects);
+        }
+        true
+    }
+
+    fn evict_node(&mut self, index: u64, node: &str, incarnation: u64, effects: &mut Vec<Effect>) {
+        let evicted = |m: &MemberRecord| &*m.node == node && m.incarnation <= incarnation;
+        // Sorted, so every node emits the effects in the same order.
+        let mut affected: Vec<(RoomName, Vec<ConnId>)> = self
+            .rooms
+            .iter()
+            .filter_map(|(name, room)| {
+                let conns: Vec<ConnId> =
+                    room.members.values().filter(|m| evicted(m)).map(|m| m.conn).collect();
+                (!conns.is_empty()).then(|| (name.clone(), conns))
+            })
+            .collect();
+        affected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (room, conns) in affected {
+            for conn in conns {
+                self.remove_member(index, &room, conn, LeaveReason::NodeEvicted, effects);
+            }
+        }
+    }
+
+    /// Gives a room whose owner node has no members left in it a new owner:
+    /// the node of its longest-standing member (lowest connection id).
+    fn reassign_owner_if_gone(&mut self, index: u64, room_name: &RoomName, effects: &mut Vec<Effect>) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.members.values().any(|m| m.node == room.owner) {
+            return;
+        }
+        let Some(first) = room.members.values().next() else {
+            return;
+        };
+        room.owner = first.node.clone();
+        room.epoch = index;
+        effects.push(Effect::OwnerChanged {
+            room: room_name.clone(),
+            epoch: index,
+            owner: room.owner.clone(),
+        });
+    }
+
+    pub fn snapshot(&self, room: &RoomName) -> Option<RoomSnapshot> {
+        self.rooms.get(room).map(|r| RoomSnapshot {
+            epoch: r.epoch,
+            owner: r.owner.clone(),
+            members: r.members.values().cloned().collect(),
+        })
+    }
+
+    pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.members.contains_key(&conn))
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.rooms.values().map(|r| r.members.len()).sum()
+    }
+
+    /// How many connections are in at least one room.
+    pub fn connection_count(&self) -> usize {
+        self.rooms_by_conn.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).unwrap()
+    }
+
+    fn member(user: &str, conn: u64, node: &str, incarnation: u64) -> MemberRecord {
+        MemberRecord {
+            user: user.into(),
+            conn: ConnId(conn),
+            node: node.into(),
+            incarnation,
+            meta: "{}".into(),
+        }
+    }
+
+    fn join(name: &str, m: MemberRecord) -> RoomCommand {
+        RoomCommand::Join { room: room(name), member: m, max_members: None }
+    }
+
+    #[test]
+    fn first_join_opens_the_room_owned_by_the_joiners_node() {
+        let mut table = RoomTable::new();
+        let alice = member("alice", 1, "n1", 7);
+        let effects = table.apply(10, join("chat:a", alice.clone()));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::RoomOpened { room: room("chat:a"), epoch: 10, owner: "n1".into() },
+                Effect::Joined { room: room("chat:a"), epoch: 10, member: Arc::new(alice) },
+            ]
+        );
+        let bob = member("bob", 2, "n2", 1);
+        assert_eq!(
+            table.apply(11, join("chat:a", bob.clone())),
+            vec![Effect::Joined { room: room("chat:a"), epoch: 10, member: Arc::new(bob) }]
+        );
+        let snapshot = table.snapshot(&room("chat:a")).unwrap();
+        assert_eq!(snapshot.owner.as_ref(), "n1");
+        assert_eq!(snapshot.members.len(), 2);
+    }
+
+    #[test]
+    fn joining_twice_changes_nothing() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:a", member("alice", 1, "n1", 1)));
+        assert_eq!(
+            table.apply(2, join("chat:a", member("alice", 1, "n1", 1))),
+            vec![Effect::AlreadyJoined { room: room("chat:a"), epoch: 1, conn: ConnId(1) }]
+        );
+        assert_eq!(table.member_count(), 1);
+    }
+
+    #[test]
+    fn same_user_on_two_connections_is_two_members() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:a", member("alice", 1, "n1", 1)));
+        table.apply(2, join("chat:a", member("alice", 2, "n1", 1)));
+        let users: Vec<_> =
+            table.snapshot(&room("chat:a")).unwrap().members.iter().map(|m| m.conn).collect();
+        assert_eq!(users, vec![ConnId(1), ConnId(2)]);
+    }
+
+    #[test]
+    fn a_full_room_rejects_joins() {
+        let mut table = RoomTable::new();
+        let limited = |m| RoomCommand::Join { room: room("chat:a"), member: m, max_members: Some(1) };
+        table.apply(1, limited(member("alice", 1, "n1", 1)));
+        assert_eq!(
+            table.apply(2, limited(member("bob", 2, "n1", 1))),
+            vec![Effect::Rejected {
+                room: room("chat:a"),
+                conn: ConnId(2),
+                rejection: Rejection::RoomFull { max_members: 1 }
+            }]
+        );
+        assert!(!table.is_member(&room("chat:a"), ConnId(2)));
+    }
+
+    #[test]
+    fn last_leave_closes_the_room_and_a_new_join_gets_a_new_epoch() {
+        let mut table = RoomTable::new();
+        let alice = member("alice", 1, "n1", 1);
+        table.apply(1, join("chat:a", alice.clone()));
+        assert_eq!(
+            table.apply(2, RoomCommand::Leave { room: room("chat:a"), conn: ConnId(1) }),
+            vec![
+                Effect::Left {
+                    room: room("chat:a"),
+                    member: Arc::new(alice.clone()),
+                    reason: LeaveReason::Left
+                },
+                Effect::RoomClosed { room: room("chat:a") },
+            ]
+        );
+        assert_eq!(table.room_count(), 0);
+        assert_eq!(table.connection_count(), 0);
+        let effects = table.apply(3, join("chat:a", alice));
+        assert!(matches!(effects[0], Effect::RoomOpened { epoch: 3, .. }));
+    }
+
+    #[test]
+    fn leave_of_a_non_member_is_reported_and_harmless() {
+        let mut table = RoomTable::new();
+        assert_eq!(
+            table.apply(1, RoomCommand::Leave { room: room("chat:a"), conn: ConnId(9) }),
+            vec![Effect::NotMember { room: room("chat:a"), conn: ConnId(9) }]
+        );
+    }
+
+    #[test]
+    fn conn_gone_leaves_every_room_of_that_connection_only() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:a", member("alice", 1, "n1", 1)));
+        table.apply(2, join("chat:b", member("alice", 1, "n1", 1)));
+        table.apply(3, join("chat:b", member("bob", 2, "n1", 1)));
+        let effects = table.apply(4, RoomCommand::ConnGone { conn: ConnId(1) });
+        let left: Vec<_> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Left { room, reason: LeaveReason::Disconnected, .. } => Some(room.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(left, vec!["chat:a", "chat:b"]);
+        assert_eq!(table.room_count(), 1);
+        assert_eq!(table.member_count(), 1);
+        assert_eq!(table.connection_count(), 1);
+    }
+
+    #[test]
+    fn evicting_a_node_removes_its_members_and_moves_ownership_with_a_new_epoch() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:a", member("alice", 5, "n1", 3)));
+        table.apply(2, join("chat:a", member("bob", 7, "n2", 1)));
+        table.apply(3, join("chat:b", member("carol", 6, "n1", 3)));
+        // A newer incarnation of n1 is untouched by evicting incarnation 3.
+        table.apply(4, join("chat:a", member("dave", 8, "n1", 4)));
+        let effects = table.apply(9, RoomCommand::EvictNode { node: "n1".into(), incarnation: 3 });
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Left {
+                    room: room("chat:a"),
+                    member: Arc::new(member("alice", 5, "n1", 3)),
+                    reason: LeaveReason::NodeEvicted
+                },
+                Effect::Left {
+                    room: room("chat:b"),
+                    member: Arc::new(member("carol", 6, "n1", 3)),
+                    reason: LeaveReason::NodeEvicted
+                },
+                Effect::RoomClosed { room: room("chat:b") },
+            ]
+        );
+        // dave (n1, incarnation 4) is still there, so n1 keeps owning chat:a.
+        assert_eq!(table.snapshot(&room("chat:a")).unwrap().owner.as_ref(), "n1");
+        let effects = table.apply(10, RoomCommand::EvictNode { node: "n1".into(), incarnation: 4 });
+        assert_eq!(
+            effects[1],
+            Effect::OwnerChanged { room: room("chat:a"), epoch: 10, owner: "n2".into() }
+        );
+        let snapshot = table.snapshot(&room("chat:a")).unwrap();
+        assert_eq!((snapshot.epoch, snapshot.owner.as_ref()), (10, "n2"));
+    }
+}
