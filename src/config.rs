@@ -84,7 +84,7 @@ pub struct AuthConfig {
     /// PEM public key for RS256/RS384/RS512/PS256/ES256/ES384 tokens.
     pub jwt_public_key_pem: Option<String>,
     /// Accepted `alg` values; empty means the default of the key kind
-    /// (HS256 for a secret, RS256 or ES256 for a public key).
+    /// (HS256 for a secret; ES256 for an EC public key, else RS256).
     pub jwt_algorithms: Vec<String>,
     /// When set, tokens must carry this `aud`.
     pub jwt_audience: Option<String>,
@@ -159,7 +159,8 @@ pub struct WebSocketConfig {
     pub handshake_timeout_ms: u64,
     /// Interval of server `ping` frames.
     pub heartbeat_ms: u64,
-    /// Time after a `ping` within which the client must send any frame.
+    /// Extra silence allowed on top of `heartbeat_ms`: a connection from which
+    /// no frame arrived for `heartbeat_ms + heartbeat_timeout_ms` is closed (4001).
     pub heartbeat_timeout_ms: u64,
     /// Time allowed to write the close frame before the socket is dropped.
     pub close_timeout_ms: u64,
@@ -307,7 +308,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let text = toml::to_string(&base).map_err(|e| key_error("(top level)", e.to_string()))?;
-        let mut table = text.parse::<toml::Table>().map_err(|e| key_error("(top level)", e.message().to_string()))?;
+        let mut table =
+            text.parse::<toml::Table>().map_err(|e| key_error("(top level)", e.message().to_string()))?;
         apply_env_overrides(&mut table, env)?;
         let config = Config::from_table(table)?;
         config.validate()?;
@@ -361,6 +363,9 @@ impl Config {
                 return Err(key_error(key, "must be a positive number"));
             }
         }
+        if self.limits.max_meta_bytes < 2 {
+            return Err(key_error("limits.max_meta_bytes", "must be at least 2 (`{}`)"));
+        }
         if !(256..=16 << 20).contains(&self.websocket.read_buffer_bytes) {
             return Err(key_error("websocket.read_buffer_bytes", "must be 256 to 16777216"));
         }
@@ -392,18 +397,17 @@ impl Config {
             }
         }
         crate::auth::algorithms_for(auth).map_err(|e| key_error("auth.jwt_algorithms", e))?;
-        let loopback_only = [self.listen.client, self.listen.api]
-            .iter()
-            .all(|addr| addr.ip().is_loopback());
+        let loopback_only = [self.listen.client, self.listen.api].iter().all(|addr| addr.ip().is_loopback());
         let has_token_key = auth.jwt_hs256_secret.is_some() || auth.jwt_public_key_pem.is_some();
-        if !loopback_only && !(has_token_key && auth.api_key.is_some()) {
-            return Err(key_error(
-                "auth",
-                "listening on a non-loopback address needs an explicit token key \
-                 (jwt_hs256_secret or jwt_public_key_pem) and api_key",
-            ));
+        let explicit_secrets = has_token_key && auth.api_key.is_some();
+        if loopback_only || explicit_secrets {
+            return Ok(());
         }
-        Ok(())
+        Err(key_error(
+            "auth",
+            "listening on a non-loopback address needs an explicit token key \
+                 (jwt_hs256_secret or jwt_public_key_pem) and api_key",
+        ))
     }
 
     fn validate_namespaces(&self) -> Result<(), ConfigError> {
@@ -411,10 +415,7 @@ impl Config {
         for (i, namespace) in self.namespaces.iter().enumerate() {
             let key = |field: &str| format!("namespaces[{i}].{field}");
             if !crate::protocol::is_namespace_name(&namespace.name) {
-                return Err(key_error(
-                    key("name"),
-                    "must be 1 to 32 characters of a-z, 0-9, `_` or `-`",
-                ));
+                return Err(key_error(key("name"), "must be 1 to 32 characters of a-z, 0-9, `_` or `-`"));
             }
             if !seen.insert(namespace.name.as_str()) {
                 return Err(key_error(key("name"), format!("`{}` is defined twice", namespace.name)));
@@ -468,6 +469,9 @@ impl Config {
     }
 }
 
+/// `STARLING_` variables that are not config overrides (CLI inputs).
+const NOT_CONFIG_VARS: [&str; 1] = ["STARLING_TOKEN_SECRET"];
+
 /// Sets `STARLING_A__B=value` as key `a.b`. A value is read as TOML when it
 /// parses as a TOML value (numbers, booleans, arrays), else as a string.
 fn apply_env_overrides(
@@ -478,6 +482,9 @@ fn apply_env_overrides(
         let Some(path) = var.strip_prefix("STARLING_") else {
             continue;
         };
+        if NOT_CONFIG_VARS.contains(&var.as_str()) {
+            continue;
+        }
         let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
         if keys.iter().any(|k| k.is_empty()) {
             return Err(ConfigError::Env { var, message: "empty key segment".into() });
@@ -486,17 +493,10 @@ fn apply_env_overrides(
         let (last, parents) = keys.split_last().expect("split yields at least one key");
         let mut cursor = &mut *table;
         for key in parents {
-            let entry = cursor
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = cursor.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             cursor = match entry {
                 toml::Value::Table(inner) => inner,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var,
-                        message: format!("`{key}` is not a table"),
-                    })
-                }
+                _ => return Err(ConfigError::Env { var, message: format!("`{key}` is not a table") }),
             };
         }
         cursor.insert(last.clone(), value);
@@ -520,9 +520,7 @@ pub struct NamespacePolicies {
 
 impl NamespacePolicies {
     pub fn new(namespaces: &[NamespaceConfig]) -> NamespacePolicies {
-        NamespacePolicies {
-            namespaces: namespaces.iter().map(|n| (n.name.clone(), n.clone())).collect(),
-        }
+        NamespacePolicies { namespaces: namespaces.iter().map(|n| (n.name.clone(), n.clone())).collect() }
     }
 
     pub fn get(&self, namespace: &str) -> Option<&NamespaceConfig> {
@@ -578,6 +576,7 @@ mod tests {
                 ("STARLING_LIMITS__MAX_CONNECTIONS", "7"),
                 ("STARLING_AUTH__ALLOWED_ORIGINS", r#"["http://a"]"#),
                 ("OTHER", "ignored"),
+                ("STARLING_TOKEN_SECRET", "is for `starling token`, not config"),
             ],
         )
         .unwrap();

@@ -2,8 +2,8 @@
 //! starts its listeners, and owns the shutdown tree.
 //!
 //! Two trackers make shutdown orderly: `connections` holds every client
-//! session, `background` the API server and housekeeping. Draining stops the
-//! accept loop, closes sessions with 1012 spread over `shutdown.drain_ms`,
+//! session, `background` the accept loop, the API server and housekeeping.
+//! Draining answers new upgrades with 503, closes sessions with 1012 spread over `shutdown.drain_ms`,
 //! waits for them, then stops the rest, all within `shutdown.deadline_ms`.
 
 use std::net::SocketAddr;
@@ -30,9 +30,8 @@ pub struct Node {
     gateway: Arc<Gateway>,
     client_addr: SocketAddr,
     api_addr: SocketAddr,
-    /// Stops the client accept loop (first step of draining).
-    stop_accepting: CancellationToken,
-    /// Hard stop: abandons whatever is still running.
+    /// The end of shutdown: stops the accept loop (which answers 503 while
+    /// draining), the API, and whatever sessions are still running.
     stop_all: CancellationToken,
     connections: TaskTracker,
     background: TaskTracker,
@@ -62,6 +61,22 @@ impl Node {
         let Some(api_key) = config.auth.api_key.clone() else {
             bail!("auth.api_key is not set");
         };
+        let client_listener = TcpListener::bind(config.listen.client)
+            .await
+            .with_context(|| format!("binding listen.client {}", config.listen.client))?;
+        let api_listener = TcpListener::bind(config.listen.api)
+            .await
+            .with_context(|| format!("binding listen.api {}", config.listen.api))?;
+        let client_addr = client_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let mut config = config;
+        if config.api.demo {
+            // The demo page is served from the API listener; its origin
+            // (known only now when the port was 0) must be allowed.
+            let port = api_addr.port();
+            config.auth.allowed_origins.push(format!("http://{api_addr}"));
+            config.auth.allowed_origins.push(format!("http://localhost:{port}"));
+        }
         let verifier = JwtVerifier::new(&config.auth).context("building the token verifier")?;
         let config = Arc::new(config);
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -88,20 +103,10 @@ impl Node {
             metrics,
         }));
 
-        let client_listener = TcpListener::bind(config.listen.client)
-            .await
-            .with_context(|| format!("binding listen.client {}", config.listen.client))?;
-        let api_listener = TcpListener::bind(config.listen.api)
-            .await
-            .with_context(|| format!("binding listen.api {}", config.listen.api))?;
-        let client_addr = client_listener.local_addr()?;
-        let api_addr = api_listener.local_addr()?;
-
         let node = Node {
             gateway: Arc::clone(&gateway),
             client_addr,
             api_addr,
-            stop_accepting: CancellationToken::new(),
             stop_all: CancellationToken::new(),
             connections: TaskTracker::new(),
             background: TaskTracker::new(),
@@ -109,14 +114,20 @@ impl Node {
         let accept = gateway::serve(
             client_listener,
             Arc::clone(&gateway),
-            node.stop_accepting.clone(),
+            node.stop_all.clone(),
             node.connections.clone(),
         );
-        // The accept loop ends before sessions do; it lives on `background`
-        // so that waiting for `connections` only waits for sessions.
+        // The accept loop keeps answering (503) until the very end; it lives
+        // on `background` so that waiting for `connections` waits for sessions.
         node.background.spawn(accept);
         let demo_secret = config.auth.jwt_hs256_secret.clone().filter(|_| config.api.demo);
-        let state = Arc::new(ApiState { gateway: Arc::clone(&gateway), metrics: metrics_handle.clone(), api_key, demo_secret });
+        let state = Arc::new(ApiState {
+            gateway: Arc::clone(&gateway),
+            metrics: metrics_handle.clone(),
+            api_key,
+            demo_secret,
+            client_addr,
+        });
         let stop_api = node.stop_all.clone();
         let server = warp::serve(api::routes(state))
             .incoming(api_listener)
@@ -169,7 +180,6 @@ impl Node {
         let deadline = started + Duration::from_millis(config.deadline_ms);
         let drain = Duration::from_millis(config.drain_ms);
         self.gateway.start_draining();
-        self.stop_accepting.cancel();
         let sessions = self.gateway.sessions.all();
         let count = sessions.len().max(1) as u32;
         info!(sessions = sessions.len(), drain_ms = config.drain_ms, "draining");
@@ -180,6 +190,11 @@ impl Node {
             session.outbound.close(CloseCode::Restarting);
         }
         drop(sessions);
+        // Sessions admitted while the list above was taken close themselves
+        // (they see the draining flag); this pass catches any in between.
+        for session in self.gateway.sessions.all() {
+            session.outbound.close(CloseCode::Restarting);
+        }
         self.connections.close();
         if tokio::time::timeout_at(deadline, self.connections.wait()).await.is_err() {
             warn!(left = self.connections.len(), "drain deadline passed; dropping the rest");

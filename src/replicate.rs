@@ -70,6 +70,18 @@ impl Replicator {
         }
     }
 
+    /// Calls `f` with the room as of the latest applied command while no
+    /// further command can apply, so that what `f` queues for a connection
+    /// lands exactly between the effects already mirrored and later ones.
+    pub fn with_snapshot<R>(&self, room: &RoomName, f: impl FnOnce(Option<RoomSnapshot>) -> R) -> R {
+        match &self.backend {
+            Backend::Local(log) => {
+                let state = log.lock();
+                f(state.table.snapshot(room))
+            }
+        }
+    }
+
     pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
         match &self.backend {
             Backend::Local(log) => log.lock().table.is_member(room, conn),

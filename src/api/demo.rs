@@ -13,7 +13,7 @@ const PAGE: &str = include_str!("demo.html");
 
 pub fn page(state: &ApiState) -> Option<Response> {
     state.gateway.config.api.demo.then(|| {
-        let ws_url = format!("ws://{}/ws", state.gateway.config.listen.client);
+        let ws_url = format!("ws://{}/ws", state.client_addr);
         warp::reply::html(PAGE.replace("{{WS_URL}}", &ws_url)).into_response()
     })
 }

@@ -37,11 +37,32 @@ fn bad_request(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
 }
 
-fn room_and_namespace<'a>(state: &'a ApiState, room: &str) -> Result<(RoomName, &'a NamespaceConfig), Response> {
-    let room = RoomName::parse(room).map_err(|e| bad_request(&e.to_string()))?;
-    let namespace = state.gateway.namespaces.get(room.namespace()).ok_or_else(|| {
-        let message = format!("unknown namespace `{}`", room.namespace());
-        error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message)
+/// A refused API request, turned into a response at the handler's edge.
+struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, &self.message)
+    }
+}
+
+fn room_and_namespace<'a>(
+    state: &'a ApiState,
+    room: &str,
+) -> Result<(RoomName, &'a NamespaceConfig), ApiError> {
+    let room = RoomName::parse(room).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    })?;
+    let namespace = state.gateway.namespaces.get(room.namespace()).ok_or_else(|| ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: ErrorCode::Forbidden,
+        message: format!("unknown namespace `{}`", room.namespace()),
     })?;
     Ok((room, namespace))
 }
@@ -63,7 +84,7 @@ pub fn publish(state: &ApiState, body: &[u8]) -> Response {
     };
     let (room, namespace) = match room_and_namespace(state, &request.room) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     if data.get().len() > namespace.max_data_bytes {
         let message = format!("data is over {} bytes", namespace.max_data_bytes);
@@ -71,20 +92,22 @@ pub fn publish(state: &ApiState, body: &[u8]) -> Response {
     }
     // A room with no members has no sequence: nothing is delivered, and
     // epoch 0 says so.
-    let position = state
-        .gateway
-        .hub
-        .publish(&room, data, None, received_at)
-        .unwrap_or(Position { epoch: 0, offset: 0 });
-    warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch})).into_response()
+    let position =
+        state.gateway.hub.publish(&room, data, None, received_at).unwrap_or(Position { epoch: 0, offset: 0 });
+    warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch}))
+        .into_response()
 }
 
 pub fn presence(state: &ApiState, room: &str) -> Response {
     let decoded = percent_decode(room);
-    let (room, _) = match room_and_namespace(state, &decoded) {
+    let (room, namespace) = match room_and_namespace(state, &decoded) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
+    if !namespace.presence {
+        let message = format!("presence is off in namespace `{}`", room.namespace());
+        return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    }
     let members = state.gateway.replicator.snapshot(&room).map(|s| s.members).unwrap_or_default();
     let body = serde_json::json!({ "members": wire_member_list(&members) });
     warp::reply::json(&body).into_response()

@@ -28,6 +28,8 @@ pub struct ApiState {
     /// The token secret, present only when the demo page is on (dev mode),
     /// to mint tokens for the demo page.
     pub demo_secret: Option<String>,
+    /// The bound client listener, for the demo page's WebSocket URL.
+    pub client_addr: std::net::SocketAddr,
 }
 
 /// All routes of the API listener.
@@ -37,16 +39,15 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         warp::any().map(move || Arc::clone(&state))
     };
     let body_limit = state.gateway.config.limits.max_message_bytes as u64 + 1024;
-    let authorized = with_state
-        .clone()
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(|state: Arc<ApiState>, header: Option<String>| async move {
+    let authorized = with_state.clone().and(warp::header::optional::<String>("authorization")).and_then(
+        |state: Arc<ApiState>, header: Option<String>| async move {
             if handlers::authorized(&state, header.as_deref()) {
                 Ok(state)
             } else {
                 Err(warp::reject::custom(Unauthorized))
             }
-        });
+        },
+    );
     let json_body = warp::body::content_length_limit(body_limit).and(warp::body::bytes());
 
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok".into_response());
@@ -70,10 +71,9 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(authorized)
         .and(json_body)
         .map(|state: Arc<ApiState>, body: Bytes| handlers::disconnect(&state, &body));
-    let demo_page = warp::path::end()
-        .and(warp::get())
-        .and(with_state.clone())
-        .and_then(|state: Arc<ApiState>| async move { demo::page(&state).ok_or_else(warp::reject::not_found) });
+    let demo_page = warp::path::end().and(warp::get()).and(with_state.clone()).and_then(
+        |state: Arc<ApiState>| async move { demo::page(&state).ok_or_else(warp::reject::not_found) },
+    );
     let demo_token = warp::path!("dev" / "token")
         .and(warp::get())
         .and(with_state)
@@ -120,6 +120,8 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         error_response(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, "request body too large")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        error_response(StatusCode::LENGTH_REQUIRED, ErrorCode::BadRequest, "Content-Length is required")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest, "method not allowed")
     } else {

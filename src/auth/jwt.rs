@@ -21,8 +21,9 @@ pub struct Claims {
     /// Shown in presence as the member's `meta`; wins over a join's `meta`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A string or an array of strings (RFC 7519); checked by the verifier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
 }
@@ -78,7 +79,12 @@ pub fn algorithms_for(auth: &AuthConfig) -> Result<Vec<Algorithm>, String> {
     ];
     let uses_public_key = auth.jwt_public_key_pem.is_some();
     if auth.jwt_algorithms.is_empty() {
-        return Ok(vec![if uses_public_key { Algorithm::RS256 } else { Algorithm::HS256 }]);
+        return Ok(match &auth.jwt_public_key_pem {
+            None => vec![Algorithm::HS256],
+            // The key's own type decides: ES256 for an EC key, else RS256.
+            Some(pem) if DecodingKey::from_ec_pem(pem.as_bytes()).is_ok() => vec![Algorithm::ES256],
+            Some(_) => vec![Algorithm::RS256],
+        });
     }
     let mut algorithms = Vec::new();
     for name in &auth.jwt_algorithms {
@@ -91,9 +97,7 @@ pub fn algorithms_for(auth: &AuthConfig) -> Result<Vec<Algorithm>, String> {
         }
         algorithms.push(algorithm);
     }
-    let families: std::collections::HashSet<_> =
-        algorithms.iter().map(|a| format!("{a:?}").chars().take(2).collect::<String>()).collect();
-    if families.len() > 1 {
+    if algorithms.iter().any(|a| a.family() != algorithms[0].family()) {
         return Err("all algorithms must be of one family (RS/PS or ES)".into());
     }
     Ok(algorithms)
@@ -134,18 +138,20 @@ impl JwtVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|error| match error.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::Invalid("algorithm not allowed")
-                }
-                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
-                _ => AuthError::Invalid("malformed token"),
-            })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+                |error| match error.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        AuthError::Invalid("algorithm not allowed")
+                    }
+                    ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
+                    ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
+                    ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
+                    _ => AuthError::Invalid("malformed token"),
+                },
+            )?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
             return Err(AuthError::Invalid("sub must be 1 to 128 bytes"));
@@ -173,7 +179,7 @@ pub fn mint_token(secret: &str, request: &MintRequest) -> Result<String, AuthErr
         exp: now + request.ttl.as_secs().max(1),
         rooms: request.rooms.clone(),
         meta: request.meta.clone(),
-        aud: request.audience.clone(),
+        aud: request.audience.clone().map(serde_json::Value::String),
         iss: request.issuer.clone(),
     };
     sign_claims(secret, &claims)
@@ -240,6 +246,16 @@ mod tests {
         let mut right = request(60);
         right.audience = Some("starling".into());
         assert!(verifier.verify(&mint_token(SECRET, &right).unwrap()).is_ok());
+        // An array `aud` containing ours is accepted too.
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: jsonwebtoken::get_current_timestamp() + 60,
+            rooms: vec![],
+            meta: None,
+            aud: Some(serde_json::json!(["other", "starling"])),
+            iss: None,
+        };
+        assert!(verifier.verify(&sign_claims(SECRET, &claims).unwrap()).is_ok());
     }
 
     #[test]
@@ -251,5 +267,10 @@ mod tests {
         assert!(algorithms_for(&config).is_err());
         config.jwt_algorithms = vec!["HS512".into()];
         assert_eq!(algorithms_for(&config).unwrap(), vec![Algorithm::HS512]);
+        let mut public = AuthConfig { jwt_public_key_pem: Some("x".into()), ..AuthConfig::default() };
+        public.jwt_algorithms = vec!["RS256".into(), "PS256".into()];
+        assert!(algorithms_for(&public).is_ok(), "RS and PS are one family");
+        public.jwt_algorithms = vec!["RS256".into(), "ES256".into()];
+        assert!(algorithms_for(&public).is_err());
     }
 }

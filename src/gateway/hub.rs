@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::outbound::OutFrame;
+use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
 use crate::protocol::{self, ConnId, MessageFrom, RoomName};
@@ -100,9 +100,9 @@ impl Hub {
     }
 
     fn on_joined(&self, room: &RoomName, epoch: u64, member: &MemberRecord) {
-        let event = self.events_enabled(room).then(|| {
-            Utf8Bytes::from(protocol::encode_event_joined(room.as_str(), wire_member(member)))
-        });
+        let event = self
+            .events_enabled(room)
+            .then(|| Utf8Bytes::from(protocol::encode_event_joined(room.as_str(), wire_member(member))));
         let local_entry = if self.is_local(member) { self.sessions.get(member.conn) } else { None };
         let local = match (self.room(room), &local_entry) {
             (Some(local), _) => local,
@@ -182,17 +182,22 @@ impl Hub {
             let frame = OutFrame { text: text.clone(), published_at };
             match subscriber.outbound.push(frame) {
                 Ok(()) => delivered += 1,
-                Err(_) => self.metrics.drops_slow_consumer.increment(1),
+                Err(PushError::Overflow) => self.metrics.drops_slow_consumer.increment(1),
+                Err(PushError::Closing) => {}
             }
         }
         self.metrics.deliveries.increment(delivered);
     }
 
-    /// The current position of `room` on this node, if it has local members.
-    pub fn position(&self, room: &RoomName) -> Option<Position> {
-        let local = self.room(room)?;
+    /// Calls `f` with the current position of `room` on this node (if it
+    /// has local members) while no message of the room can be sequenced, so
+    /// whatever `f` queues lands between offset `position` and the next one.
+    pub fn with_position<R>(&self, room: &RoomName, f: impl FnOnce(Option<Position>) -> R) -> R {
+        let Some(local) = self.room(room) else {
+            return f(None);
+        };
         let local = lock(&local);
-        Some(Position { epoch: local.epoch, offset: local.last_offset })
+        f(Some(Position { epoch: local.epoch, offset: local.last_offset }))
     }
 
     /// Rooms with at least one member on this node.

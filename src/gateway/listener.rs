@@ -66,6 +66,9 @@ fn websocket_config(gateway: &Gateway) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+// The callback's error type is tungstenite's HTTP response; it is built
+// once per refused upgrade, so its size does not matter.
+#[allow(clippy::result_large_err)]
 async fn upgrade(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -89,7 +92,8 @@ async fn upgrade(
         }
     };
     let timeout = Duration::from_millis(gateway.config.websocket.handshake_timeout_ms);
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(websocket_config(gateway)));
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(websocket_config(gateway)));
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(ws)) => admitted.map(|admission| (ws, admission)),
         Ok(Err(error)) => {

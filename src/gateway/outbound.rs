@@ -24,9 +24,14 @@ pub struct OutFrame {
     pub published_at: Option<Instant>,
 }
 
-/// The frame could not be queued: the connection is now closing as a slow consumer.
+/// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Overflow;
+pub enum PushError {
+    /// The queue was over a bound: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection was already closing; the frame is dropped.
+    Closing,
+}
 
 #[derive(Debug)]
 struct State {
@@ -68,12 +73,12 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame. Frames pushed after a close began are dropped
-    /// silently: the connection is going away.
-    pub fn push(&self, frame: OutFrame) -> Result<(), Overflow> {
+    /// Queues a frame. Frames pushed after a close began are dropped: the
+    /// connection is going away.
+    pub fn push(&self, frame: OutFrame) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closing.is_some() {
-            return Ok(());
+            return Err(PushError::Closing);
         }
         let len = frame.text.len();
         if state.frames.len() >= self.max_frames || state.bytes + len > self.max_bytes {
@@ -82,7 +87,7 @@ impl Outbound {
             state.bytes = 0;
             drop(state);
             self.wake.notify_one();
-            return Err(Overflow);
+            return Err(PushError::Overflow);
         }
         state.bytes += len;
         state.frames.push_back(frame);
@@ -166,14 +171,14 @@ mod tests {
         let out = Outbound::new(2, 1000);
         out.push(frame("a")).unwrap();
         out.push(frame("b")).unwrap();
-        assert_eq!(out.push(frame("c")), Err(Overflow));
+        assert_eq!(out.push(frame("c")), Err(PushError::Overflow));
         let mut batch = VecDeque::new();
         assert_eq!(out.next_batch(&mut batch).await, BatchEnd::Close(CloseCode::SlowConsumer));
         assert!(batch.is_empty());
 
         let out = Outbound::new(100, 5);
         out.push(frame("abc")).unwrap();
-        assert_eq!(out.push(frame("abc")), Err(Overflow));
+        assert_eq!(out.push(frame("abc")), Err(PushError::Overflow));
         assert_eq!(out.closing(), Some(CloseCode::SlowConsumer));
     }
 
@@ -183,7 +188,7 @@ mod tests {
         out.push(frame("last words")).unwrap();
         out.close(CloseCode::Restarting);
         out.close(CloseCode::Normal);
-        out.push(frame("dropped")).unwrap();
+        assert_eq!(out.push(frame("dropped")), Err(PushError::Closing));
         let mut batch = VecDeque::new();
         assert_eq!(out.next_batch(&mut batch).await, BatchEnd::Close(CloseCode::Restarting));
         assert_eq!(batch.len(), 1);

@@ -28,9 +28,7 @@ use super::sessions::SessionEntry;
 use super::Gateway;
 use crate::auth::Claims;
 use crate::config::PublishPolicy;
-use crate::protocol::{
-    self, parse_request, CloseCode, ErrorBody, ErrorCode, MessageFrom, Request, RoomName,
-};
+use crate::protocol::{self, parse_request, CloseCode, ErrorBody, ErrorCode, MessageFrom, Request, RoomName};
 use crate::rooms::{Effect, MemberRecord, RoomCommand, RoomSnapshot};
 
 /// Runs a session to its end. `shutdown` is the node's hard stop: pending
@@ -55,6 +53,11 @@ pub async fn run<S, R>(
     let span = info_span!("session", conn = %conn, user = %entry.user);
     async move {
         gateway.sessions.insert(Arc::clone(&entry));
+        if gateway.is_draining() {
+            // Admitted just before the drain began, registered after the
+            // drain listed the sessions to close: close it here.
+            entry.outbound.close(CloseCode::Restarting);
+        }
         gateway.metrics.connections.increment(1.0);
         gateway.metrics.connections_opened.increment(1);
         debug!("connected");
@@ -126,7 +129,9 @@ impl ReaderEnd {
 
 /// What a request produced, before encoding.
 enum Reply {
-    Joined { room: RoomName, position: Position, members: Option<Vec<Arc<MemberRecord>>> },
+    /// The handler queued its reply itself (a join, whose reply must be
+    /// queued atomically with the room's state).
+    Sent,
     Empty,
     Published(Position),
     Presence(Vec<Arc<MemberRecord>>),
@@ -178,7 +183,7 @@ impl Session {
         let mut pings = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut alive_until = tokio::time::Instant::now() + patience;
-        let expires_at = token_deadline(self.claims.exp);
+        let expires_at = token_deadline(self.claims.exp + self.gateway.config.auth.jwt_leeway_secs);
         loop {
             let message = tokio::select! {
                 _ = sleep_until(expires_at) => return ReaderEnd::Close(CloseCode::TokenExpired),
@@ -277,7 +282,7 @@ impl Session {
             RateDecision::Allowed => {}
         }
         let result = match envelope.request {
-            Request::Join { room, meta } => self.join(room, meta.as_deref()).await,
+            Request::Join { room, meta } => self.join(id, room, meta.as_deref()).await,
             Request::Leave { room } => self.leave(room).await,
             Request::Publish { room, data, .. } => self.publish(&room, &data),
             Request::Presence { room } => self.presence(&room),
@@ -285,8 +290,8 @@ impl Session {
         };
         match result {
             Ok(reply) => {
-                if let Some(id) = id {
-                    self.send(encode_reply(id, &reply));
+                if let Some(text) = id.and_then(|id| encode_reply(id, &reply)) {
+                    self.send(text);
                 }
             }
             Err(error) => self.send_error(id, &error),
@@ -300,7 +305,12 @@ impl Session {
         })
     }
 
-    async fn join(&mut self, room: RoomName, meta: Option<&RawValue>) -> Result<Reply, ErrorBody> {
+    async fn join(
+        &mut self,
+        id: Option<u64>,
+        room: RoomName,
+        meta: Option<&RawValue>,
+    ) -> Result<Reply, ErrorBody> {
         let namespace = self.namespace(&room)?;
         let (presence, max_members) = (namespace.presence, namespace.max_members);
         if !self.claims.may_join(room.as_str()) {
@@ -343,9 +353,21 @@ impl Session {
         };
         self.rooms.insert(room.clone());
         self.gateway.metrics.joins.increment(1);
-        let position = self.gateway.hub.position(&room).unwrap_or(Position { epoch, offset: 0 });
-        let members = presence.then(|| self.snapshot_members(&room));
-        Ok(Reply::Joined { room, position, members })
+        let Some(id) = id else {
+            return Ok(Reply::Sent);
+        };
+        // Under the table's apply lock and the room's sequencing lock: every
+        // `joined`/`left` event and message queued before the reply is in it,
+        // every later one comes after it.
+        let (replicator, hub) = (&self.gateway.replicator, &self.gateway.hub);
+        replicator.with_snapshot(&room, |snapshot| {
+            let members = presence.then(|| snapshot.map(|s| s.members).unwrap_or_default());
+            hub.with_position(&room, |position| {
+                let position = position.unwrap_or(Position { epoch, offset: 0 });
+                self.send(encode_join_reply(id, &room, position, members.as_deref()));
+            })
+        });
+        Ok(Reply::Sent)
     }
 
     async fn leave(&mut self, room: RoomName) -> Result<Reply, ErrorBody> {
@@ -374,11 +396,10 @@ impl Session {
             return Err(ErrorBody::new(ErrorCode::NotJoined, "join the room before publishing"));
         }
         let from = MessageFrom { user: &self.entry.user, conn: self.entry.conn };
-        let position = self
-            .gateway
-            .hub
-            .publish(room, data, Some(from), received_at)
-            .ok_or_else(|| ErrorBody::new(ErrorCode::Unavailable, "room is not ready").retry_after(100))?;
+        let position =
+            self.gateway.hub.publish(room, data, Some(from), received_at).ok_or_else(|| {
+                ErrorBody::new(ErrorCode::Unavailable, "room is not ready").retry_after(100)
+            })?;
         Ok(Reply::Published(position))
     }
 
@@ -423,17 +444,24 @@ fn unavailable(error: crate::replicate::ReplicateError) -> ErrorBody {
 
 /// The member's `meta`: the join's object with the token's `meta` keys on
 /// top (the token is the server's word, so it wins).
-fn merged_meta(join: Option<&RawValue>, token: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
-    let mut meta: serde_json::Map<String, serde_json::Value> = join
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_default();
+fn merged_meta(
+    join: Option<&RawValue>,
+    token: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> String {
+    let mut meta: serde_json::Map<String, serde_json::Value> =
+        join.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default();
     if let Some(token) = token {
         meta.extend(token.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     serde_json::Value::Object(meta).to_string()
 }
 
-fn encode_reply(id: u64, reply: &Reply) -> String {
+fn encode_join_reply(
+    id: u64,
+    room: &RoomName,
+    position: Position,
+    members: Option<&[Arc<MemberRecord>]>,
+) -> String {
     #[derive(Serialize)]
     struct JoinResult<'a> {
         room: &'a RoomName,
@@ -442,6 +470,17 @@ fn encode_reply(id: u64, reply: &Reply) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         members: Option<Vec<protocol::Member<'a>>>,
     }
+    let result = JoinResult {
+        room,
+        epoch: position.epoch,
+        offset: position.offset,
+        members: members.map(wire_member_list),
+    };
+    protocol::encode_ok_reply(id, &result)
+}
+
+/// The text of a reply, or `None` when the handler already sent it.
+fn encode_reply(id: u64, reply: &Reply) -> Option<String> {
     #[derive(Serialize)]
     struct PublishResult {
         offset: u64,
@@ -451,25 +490,17 @@ fn encode_reply(id: u64, reply: &Reply) -> String {
     struct PresenceResult<'a> {
         members: Vec<protocol::Member<'a>>,
     }
-    match reply {
-        Reply::Joined { room, position, members } => protocol::encode_ok_reply(
-            id,
-            &JoinResult {
-                room,
-                epoch: position.epoch,
-                offset: position.offset,
-                members: members.as_deref().map(wire_member_list),
-            },
-        ),
+    let text = match reply {
+        Reply::Sent => return None,
         Reply::Empty => protocol::encode_ok_reply(id, &serde_json::json!({})),
-        Reply::Published(position) => protocol::encode_ok_reply(
-            id,
-            &PublishResult { offset: position.offset, epoch: position.epoch },
-        ),
+        Reply::Published(position) => {
+            protocol::encode_ok_reply(id, &PublishResult { offset: position.offset, epoch: position.epoch })
+        }
         Reply::Presence(members) => {
             protocol::encode_ok_reply(id, &PresenceResult { members: wire_member_list(members) })
         }
-    }
+    };
+    Some(text)
 }
 
 /// Writes queued frames until a close is asked for or the socket fails.

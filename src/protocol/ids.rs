@@ -109,9 +109,7 @@ impl Serialize for RoomName {
 pub fn is_namespace_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAMESPACE_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A namespace name as configured.

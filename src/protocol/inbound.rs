@@ -65,10 +65,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(error) => {
-            return Err(RequestError {
-                id: salvage_id(text),
-                message: describe_json_error(&error),
-            })
+            return Err(RequestError { id: salvage_id(text), message: describe_json_error(&error) })
         }
     };
     let id = raw.id;
@@ -94,11 +91,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
                 Some(data) if data.get() != "null" => data,
                 _ => return Err(fail("missing field `data`".into())),
             };
-            Request::Publish {
-                room: room()?,
-                data,
-                traceparent: raw.traceparent,
-            }
+            Request::Publish { room: room()?, data, traceparent: raw.traceparent }
         }
         "presence" => Request::Presence { room: room()? },
         "pong" => Request::Pong,
@@ -143,8 +136,7 @@ mod tests {
 
     #[test]
     fn parses_every_request_type() {
-        let join = parse_request(r#"{"type":"join","id":1,"room":"chat:lobby","meta":{"a":1}}"#)
-            .unwrap();
+        let join = parse_request(r#"{"type":"join","id":1,"room":"chat:lobby","meta":{"a":1}}"#).unwrap();
         assert_eq!(join.id, Some(1));
         match join.request {
             Request::Join { room, meta } => {
@@ -153,8 +145,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let publish =
-            parse_request(r#"{"type":"publish","room":"chat:x","data":{"k":[1,2]}}"#).unwrap();
+        let publish = parse_request(r#"{"type":"publish","room":"chat:x","data":{"k":[1,2]}}"#).unwrap();
         assert_eq!(publish.id, None);
         match publish.request {
             Request::Publish { data, .. } => assert_eq!(data.get(), r#"{"k":[1,2]}"#),
@@ -168,10 +159,7 @@ mod tests {
             parse_request(r#"{"type":"presence","room":"chat:x"}"#).unwrap().request,
             Request::Presence { .. }
         ));
-        assert!(matches!(
-            parse_request(r#"{"type":"pong"}"#).unwrap().request,
-            Request::Pong
-        ));
+        assert!(matches!(parse_request(r#"{"type":"pong"}"#).unwrap().request, Request::Pong));
     }
 
     #[test]

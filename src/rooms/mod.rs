@@ -10,6 +10,4 @@
 
 mod table;
 
-pub use table::{
-    Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomSnapshot, RoomTable,
-};
+pub use table::{Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomSnapshot, RoomTable};

@@ -33,10 +33,15 @@ pub enum RoomCommand {
         conn: ConnId,
     },
     /// A connection closed: it leaves every room it was in.
-    ConnGone { conn: ConnId },
+    ConnGone {
+        conn: ConnId,
+    },
     /// A node incarnation died or restarted: every member it hosted with an
     /// incarnation up to `incarnation` leaves.
-    EvictNode { node: Arc<str>, incarnation: u64 },
+    EvictNode {
+        node: Arc<str>,
+        incarnation: u64,
+    },
 }
 
 /// Why a join was refused.
@@ -57,19 +62,48 @@ pub enum LeaveReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// A room came into existence with its first member.
-    RoomOpened { room: RoomName, epoch: u64, owner: Arc<str> },
-    Joined { room: RoomName, epoch: u64, member: Arc<MemberRecord> },
+    RoomOpened {
+        room: RoomName,
+        epoch: u64,
+        owner: Arc<str>,
+    },
+    Joined {
+        room: RoomName,
+        epoch: u64,
+        member: Arc<MemberRecord>,
+    },
     /// The connection was already a member; nothing changed.
-    AlreadyJoined { room: RoomName, epoch: u64, conn: ConnId },
-    Rejected { room: RoomName, conn: ConnId, rejection: Rejection },
-    Left { room: RoomName, member: Arc<MemberRecord>, reason: LeaveReason },
+    AlreadyJoined {
+        room: RoomName,
+        epoch: u64,
+        conn: ConnId,
+    },
+    Rejected {
+        room: RoomName,
+        conn: ConnId,
+        rejection: Rejection,
+    },
+    Left {
+        room: RoomName,
+        member: Arc<MemberRecord>,
+        reason: LeaveReason,
+    },
     /// A leave for a connection that was not a member; nothing changed.
-    NotMember { room: RoomName, conn: ConnId },
+    NotMember {
+        room: RoomName,
+        conn: ConnId,
+    },
     /// The owner's node left while the room still had members: a new owner
     /// sequences the room from offset 1 in a new epoch.
-    OwnerChanged { room: RoomName, epoch: u64, owner: Arc<str> },
+    OwnerChanged {
+        room: RoomName,
+        epoch: u64,
+        owner: Arc<str>,
+    },
     /// The last member left; the room no longer exists.
-    RoomClosed { room: RoomName },
+    RoomClosed {
+        room: RoomName,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -155,11 +189,7 @@ impl RoomTable {
             return;
         }
         let entry = self.rooms.entry(room.clone()).or_insert_with(|| {
-            effects.push(Effect::RoomOpened {
-                room: room.clone(),
-                epoch: index,
-                owner: member.node.clone(),
-            });
+            effects.push(Effect::RoomOpened { room: room.clone(), epoch: index, owner: member.node.clone() });
             Room { epoch: index, owner: member.node.clone(), members: BTreeMap::new() }
         });
         let member = Arc::new(member);
@@ -326,8 +356,7 @@ mod tests {
         let mut table = RoomTable::new();
         table.apply(1, join("chat:a", member("alice", 1, "n1", 1)));
         table.apply(2, join("chat:a", member("alice", 2, "n1", 1)));
-        let users: Vec<_> =
-            table.snapshot(&room("chat:a")).unwrap().members.iter().map(|m| m.conn).collect();
+        let users: Vec<_> = table.snapshot(&room("chat:a")).unwrap().members.iter().map(|m| m.conn).collect();
         assert_eq!(users, vec![ConnId(1), ConnId(2)]);
     }
 
@@ -426,10 +455,7 @@ mod tests {
         // dave (n1, incarnation 4) is still there, so n1 keeps owning chat:a.
         assert_eq!(table.snapshot(&room("chat:a")).unwrap().owner.as_ref(), "n1");
         let effects = table.apply(10, RoomCommand::EvictNode { node: "n1".into(), incarnation: 4 });
-        assert_eq!(
-            effects[1],
-            Effect::OwnerChanged { room: room("chat:a"), epoch: 10, owner: "n2".into() }
-        );
+        assert_eq!(effects[1], Effect::OwnerChanged { room: room("chat:a"), epoch: 10, owner: "n2".into() });
         let snapshot = table.snapshot(&room("chat:a")).unwrap();
         assert_eq!((snapshot.epoch, snapshot.owner.as_ref()), (10, "n2"));
     }

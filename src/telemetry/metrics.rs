@@ -12,9 +12,8 @@ use crate::protocol::{CloseCode, ErrorCode};
 pub type MetricsHandle = PrometheusHandle;
 
 /// Buckets of the latency histograms, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 /// Several nodes in one process (tests) share it.
@@ -22,9 +21,8 @@ pub fn install_recorder() -> MetricsHandle {
     static HANDLE: OnceLock<MetricsHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets(&LATENCY_BUCKETS)
-                .expect("bucket list is not empty");
+            let builder =
+                PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).expect("bucket list is not empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed by an embedding

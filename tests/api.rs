@@ -1,0 +1,147 @@
+//! The HTTP server API, health, readiness and metrics, against a real node.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use starling_client::Event;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_the_api_key() {
+    let node = start_default().await;
+    let addr = node.api_addr();
+    let body = r#"{"room":"chat:x","data":1}"#;
+    let none = http(addr, "POST", "/api/publish", &[], body).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.json()["error"]["code"], json!("unauthorized"));
+    let wrong = http(addr, "POST", "/api/publish", &[("Authorization", "Bearer not-the-key")], body).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(http(addr, "GET", "/api/cluster", &[], "").await.status, 401);
+    // Health and metrics are open (they go on an internal listener).
+    assert_eq!(http(addr, "GET", "/healthz", &[], "").await.status, 200);
+    assert_eq!(http(addr, "GET", "/readyz", &[], "").await.status, 200);
+    assert_eq!(http(addr, "GET", "/nope", &[], "").await.status, 404);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_publish_reaches_members_without_a_sender_even_where_clients_may_not_publish() {
+    let node = start_default().await;
+    let (client, mut events) = connect_as(&node, "alice").await;
+    client.join("news:today", None).await.unwrap();
+    let response =
+        api(&node, "POST", "/api/publish", r#"{"room":"news:today","data":{"headline":"x"}}"#).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let result = response.json();
+    assert_eq!(result["offset"], json!(1));
+    let message = next_matching(&mut events, |e| match e {
+        Event::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(message.data, json!({"headline": "x"}));
+    assert_eq!(message.from, None);
+    assert_eq!(json!(message.epoch), result["epoch"]);
+
+    // A room nobody is in: accepted, delivered to nobody, epoch 0.
+    let empty = api(&node, "POST", "/api/publish", r#"{"room":"news:empty","data":1}"#).await;
+    assert_eq!(empty.json(), json!({"offset": 0, "epoch": 0}));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_api_requests_get_documented_errors() {
+    let node = start_default().await;
+    let cases = [
+        (r#"{"room":"nope:x","data":1}"#, 403, "forbidden"),
+        (r#"{"room":"chat","data":1}"#, 400, "bad_request"),
+        (r#"{"room":"chat:x"}"#, 400, "bad_request"),
+        ("not json", 400, "bad_request"),
+    ];
+    for (body, status, code) in cases {
+        let response = api(&node, "POST", "/api/publish", body).await;
+        assert_eq!(response.status, status, "{body}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], json!(code), "{body}");
+    }
+    let big = format!(r#"{{"room":"chat:x","data":"{}"}}"#, "x".repeat(2000));
+    let response = api(&node, "POST", "/api/publish", &big).await;
+    assert_eq!((response.status, response.json()["error"]["code"].clone()), (413, json!("too_large")));
+    let huge = format!(r#"{{"room":"chat:x","data":"{}"}}"#, "x".repeat(200_000));
+    assert_eq!(api(&node, "POST", "/api/publish", &huge).await.status, 413);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_cluster_and_disconnect_reflect_the_node() {
+    let node = start_default().await;
+    let (alice, mut alice_events) = connect_as(&node, "alice").await;
+    let (bob, _bob_events) = connect_as(&node, "bob").await;
+    alice.join("chat:a/b", Some(json!({"n": 1}))).await.unwrap();
+    bob.join("chat:a/b", None).await.unwrap();
+
+    let presence = api(&node, "GET", "/api/rooms/chat%3Aa%2Fb/presence", "").await;
+    assert_eq!(presence.status, 200, "{}", presence.body);
+    let members = presence.json()["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().any(|m| m["user"] == json!("alice") && m["meta"] == json!({"n": 1})));
+    assert_eq!(api(&node, "GET", "/api/rooms/chat:none/presence", "").await.json(), json!({"members": []}));
+    let quiet = api(&node, "GET", "/api/rooms/quiet:x/presence", "").await;
+    assert_eq!(quiet.status, 403, "presence is off in `quiet`");
+
+    let cluster = api(&node, "GET", "/api/cluster", "").await.json();
+    assert_eq!(cluster["leader"], json!("test-node"));
+    assert_eq!(cluster["nodes"][0]["connections"], json!(2));
+    assert_eq!(cluster["nodes"][0]["role"], json!("leader"));
+
+    let response = api(&node, "POST", "/api/disconnect", r#"{"user":"alice"}"#).await;
+    assert_eq!(response.json(), json!({"disconnected": 1}));
+    assert_eq!(close_code(&mut alice_events).await, Some(1000));
+    wait_until("alice left presence", || {
+        node.gateway().replicator.snapshot(&"chat:a/b".parse_room()).map(|s| s.members.len()) == Some(1)
+    })
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let node = start_default().await;
+    let read = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains("node=\"test-node\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = api(&node, "GET", "/metrics", "").await.body;
+    let (a, mut a_events) = connect_as(&node, "a").await;
+    let (b, _b_events) = connect_as(&node, "b").await;
+    a.join("chat:m", None).await.unwrap();
+    b.join("chat:m", None).await.unwrap();
+    a.publish("chat:m", json!(1)).await.unwrap();
+    next_matching(&mut a_events, |e| matches!(e, Event::Message(_)).then_some(())).await;
+    let _ = a.publish("nope:x", json!(1)).await;
+    let after = api(&node, "GET", "/metrics", "").await.body;
+    for (name, at_least) in [
+        ("starling_joins_total", 2.0),
+        ("starling_publishes_total", 1.0),
+        ("starling_deliveries_total", 2.0),
+        ("starling_connections_opened_total", 2.0),
+        ("starling_errors_total", 1.0),
+    ] {
+        let delta = read(&after, name) - read(&before, name);
+        assert!(delta >= at_least, "{name} moved by {delta}, expected at least {at_least}");
+    }
+    assert!(after.contains("starling_delivery_latency_seconds_bucket"), "{after}");
+    assert!(read(&after, "starling_connections{") >= 2.0);
+    node.shutdown().await;
+}
+
+trait ParseRoom {
+    fn parse_room(&self) -> starling::protocol::RoomName;
+}
+
+impl ParseRoom for str {
+    fn parse_room(&self) -> starling::protocol::RoomName {
+        starling::protocol::RoomName::parse(self).unwrap()
+    }
+}
