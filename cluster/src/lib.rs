@@ -1,8 +1,21 @@
 //! `starling-cluster`: gossip membership, Raft and node-to-node links.
 //!
-//! Not implemented yet: this build runs single nodes only, and
-//! `cluster.bootstrap_expect` must be 1. The crate exists so that the
-//! workspace layout of `docs/architecture.md` is in place; it must never
-//! depend on the `starling` crate (it replicates opaque commands).
+//! This crate replicates opaque commands and tracks which nodes are alive;
+//! it knows nothing about rooms and must never depend on the `starling`
+//! crate.
+//!
+//! # Layout
+//!
+//! - [`membership`]: chitchat gossip behind a typed `ClusterMember` and an
+//!   Add/Update/Remove change stream.
+//! - [`raft`]: openraft types, the durable redb log, the state machine over an
+//!   application `Applier`.
+//! - [`transport`]: node-to-node links (TCP and in-memory) behind one trait.
+//! - [`codec`]: the one encoding of node-to-node data (bincode).
 
 #![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod membership;
+pub mod raft;
+pub mod transport;

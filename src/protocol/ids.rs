@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A connection id, unique across the cluster: the high 24 bits identify the
 /// node incarnation that accepted it, the low 40 bits count its connections.
@@ -33,6 +33,13 @@ impl fmt::Display for ConnId {
 impl Serialize for ConnId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        ConnId::parse(&text).ok_or_else(|| serde::de::Error::custom("connection id must be 16 hex digits"))
     }
 }
 
@@ -102,6 +109,13 @@ impl fmt::Display for RoomName {
 impl Serialize for RoomName {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RoomName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        RoomName::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

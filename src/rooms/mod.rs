@@ -10,4 +10,6 @@
 
 mod table;
 
-pub use table::{Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomSnapshot, RoomTable};
+pub use table::{
+    Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot,
+};

@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::{ConnId, RoomName};
 
 /// One member of one room: a connection of a user on a node incarnation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub user: Arc<str>,
     pub conn: ConnId,
@@ -20,7 +22,7 @@ pub struct MemberRecord {
 
 /// A change to the table. Commands carry every input they need (limits
 /// included), so that applying them is deterministic on every node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomCommand {
     Join {
         room: RoomName,
@@ -45,13 +47,13 @@ pub enum RoomCommand {
 }
 
 /// Why a join was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
     RoomFull { max_members: u32 },
 }
 
 /// Why a member left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaveReason {
     Left,
     Disconnected,
@@ -59,7 +61,7 @@ pub enum LeaveReason {
 }
 
 /// What applying a command did, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// A room came into existence with its first member.
     RoomOpened {
@@ -106,13 +108,19 @@ pub enum Effect {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Room {
     /// The log index at which the room opened or last changed owner. Epochs
     /// only grow, so a client can tell a restarted sequence from a gap.
     epoch: u64,
     owner: Arc<str>,
     members: BTreeMap<ConnId, Arc<MemberRecord>>,
+}
+
+/// The whole table in a serializable form (see [`RoomTable::to_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSnapshot {
+    rooms: Vec<(RoomName, Room)>,
 }
 
 /// A consistent copy of one room, for presence reads.
@@ -270,6 +278,27 @@ impl RoomTable {
         });
     }
 
+    /// The whole table, for a Raft snapshot. Rooms are sorted, so equal
+    /// tables give equal snapshots.
+    pub fn to_snapshot(&self) -> TableSnapshot {
+        let mut rooms: Vec<(RoomName, Room)> =
+            self.rooms.iter().map(|(name, room)| (name.clone(), room.clone())).collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        TableSnapshot { rooms }
+    }
+
+    /// Rebuilds a table from [`RoomTable::to_snapshot`].
+    pub fn from_snapshot(snapshot: TableSnapshot) -> RoomTable {
+        let mut table = RoomTable::new();
+        for (name, room) in snapshot.rooms {
+            for conn in room.members.keys() {
+                table.rooms_by_conn.entry(*conn).or_default().push(name.clone());
+            }
+            table.rooms.insert(name, room);
+        }
+        table
+    }
+
     pub fn snapshot(&self, room: &RoomName) -> Option<RoomSnapshot> {
         self.rooms.get(room).map(|r| RoomSnapshot {
             epoch: r.epoch,
@@ -425,6 +454,22 @@ mod tests {
         assert_eq!(table.room_count(), 1);
         assert_eq!(table.member_count(), 1);
         assert_eq!(table.connection_count(), 1);
+    }
+
+    #[test]
+    fn a_table_rebuilt_from_its_snapshot_behaves_the_same() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:a", member("alice", 1, "n1", 1)));
+        table.apply(2, join("chat:b", member("alice", 1, "n1", 1)));
+        table.apply(3, join("chat:b", member("bob", 2, "n2", 1)));
+        let snapshot = table.to_snapshot();
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let mut copy = RoomTable::from_snapshot(serde_json::from_str(&text).unwrap());
+        assert_eq!(copy.to_snapshot(), snapshot);
+        let command = RoomCommand::ConnGone { conn: ConnId(1) };
+        assert_eq!(copy.apply(4, command.clone()), table.apply(4, command));
+        assert_eq!(copy.to_snapshot(), table.to_snapshot());
+        assert_eq!(copy.connection_count(), 1);
     }
 
     #[test]

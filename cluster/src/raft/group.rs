@@ -1,0 +1,234 @@
+//! One node's membership of the Raft group: starting Raft on durable
+//! storage, serving peers, and proposing commands from any node (followers
+//! forward to the leader).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, RaftMetrics, SnapshotPolicy};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::network::{NetworkFactory, PeerAnswer, PeerMessage, ProposeRefusal};
+use super::{node_id, Applier, Command, LogStore, NodeId, PeerNode, Raft, StateMachine, StorageError};
+use crate::codec;
+use crate::transport::{BoxFuture, PeerHandler, PeerTransport, SharedHandler};
+
+/// How a node takes part in the group.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub node: String,
+    pub peer_addr: String,
+    /// The redb file holding this node's log, vote and snapshot.
+    pub db_path: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Entries after which a snapshot is taken and the log purged.
+    pub snapshot_every: u64,
+    /// How long a proposal may take, forwarding included.
+    pub propose_timeout: Duration,
+}
+
+impl GroupConfig {
+    pub fn new(node: &str, peer_addr: &str, db_path: PathBuf) -> GroupConfig {
+        GroupConfig {
+            node: node.into(),
+            peer_addr: peer_addr.into(),
+            db_path,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
+            snapshot_every: 10_000,
+            propose_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a proposal did not commit. `Unavailable` is retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no quorum or no leader: {0}")]
+    Unavailable(String),
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft config: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+pub struct RaftGroup {
+    raft: Raft,
+    me: NodeId,
+    transport: Arc<dyn PeerTransport>,
+    propose_timeout: Duration,
+}
+
+impl RaftGroup {
+    pub async fn start(
+        config: GroupConfig,
+        applier: Box<dyn Applier>,
+        transport: Arc<dyn PeerTransport>,
+    ) -> Result<Arc<RaftGroup>, GroupError> {
+        let raft_config = Config {
+            cluster_name: "starling".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| GroupError::Config(e.to_string()))?;
+        let log = LogStore::open(&config.db_path)?;
+        let state_machine = StateMachine::open(log.database(), applier)?;
+        let network = NetworkFactory { transport: Arc::clone(&transport) };
+        let me = node_id(&config.node);
+        let raft = Raft::new(me, Arc::new(raft_config), network, log, state_machine)
+            .await
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        Ok(Arc::new(RaftGroup { raft, me, transport, propose_timeout: config.propose_timeout }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, PeerNode>> {
+        self.raft.metrics()
+    }
+
+    /// Forms the group with `members` as voters. Only one node may do it,
+    /// once; on a node that already has a log it is refused harmlessly.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), GroupError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(error)) => {
+                debug!(%error, "initialize refused: already initialized");
+                Ok(())
+            }
+            Err(error) => Err(GroupError::Raft(error.to_string())),
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied here or
+    /// on the leader; returns the applier's response.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let attempt = async {
+            let mut command = command;
+            // A leader change while forwarding is retried a few times.
+            for _ in 0..5 {
+                match self.propose_once(command).await {
+                    Ok(response) => return Ok(response),
+                    Err((ProposeRefusal::NotLeader { .. }, returned)) => {
+                        command = returned;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err((ProposeRefusal::Failed(reason), _)) => {
+                        return Err(ProposeError::Unavailable(reason))
+                    }
+                }
+            }
+            Err(ProposeError::Unavailable("leader keeps changing".into()))
+        };
+        tokio::time::timeout(self.propose_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("proposal timed out".into())))
+    }
+
+    async fn propose_once(&self, command: Vec<u8>) -> Result<Vec<u8>, (ProposeRefusal, Vec<u8>)> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(leader) if leader == self.me => {
+                self.write_locally(command.clone()).await.map_err(|refusal| (refusal, command))
+            }
+            Some(leader) => {
+                let node =
+                    self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
+                let Some(node) = node else {
+                    return Err((ProposeRefusal::NotLeader { leader: None }, command));
+                };
+                let message = PeerMessage::Propose(command.clone());
+                let body = codec::encode(&message)
+                    .map_err(|e| (ProposeRefusal::Failed(e.to_string()), Vec::new()))?;
+                let answer = self.transport.request(&node.peer_addr, body, self.propose_timeout).await;
+                match answer.map(|bytes| codec::decode::<PeerAnswer>(&bytes)) {
+                    Ok(Ok(PeerAnswer::Propose(Ok(response)))) => Ok(response),
+                    Ok(Ok(PeerAnswer::Propose(Err(refusal)))) => Err((refusal, command)),
+                    Ok(_) => Err((ProposeRefusal::Failed("bad answer to a proposal".into()), command)),
+                    Err(error) => {
+                        debug!(%error, "forwarding a proposal failed");
+                        Err((ProposeRefusal::NotLeader { leader: Some(node) }, command))
+                    }
+                }
+            }
+            None => Err((ProposeRefusal::NotLeader { leader: None }, command)),
+        }
+    }
+
+    async fn write_locally(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeRefusal> {
+        match self.raft.client_write(Command(command)).await {
+            Ok(response) => Ok(response.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeRefusal::NotLeader { leader: forward.leader_node })
+            }
+            Err(error) => Err(ProposeRefusal::Failed(error.to_string())),
+        }
+    }
+
+    /// The handler to serve peers with: Raft traffic and forwarded
+    /// proposals are handled here, application messages go to `app`.
+    pub fn handler(self: &Arc<Self>, app: SharedHandler) -> SharedHandler {
+        Arc::new(GroupHandler { group: Arc::clone(self), app })
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+struct GroupHandler {
+    group: Arc<RaftGroup>,
+    app: SharedHandler,
+}
+
+impl PeerHandler for GroupHandler {
+    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+        let (group, app, from) = (Arc::clone(&self.group), Arc::clone(&self.app), from.to_string());
+        Box::pin(async move {
+            let message: PeerMessage = codec::decode(&body).map_err(|e| e.to_string())?;
+            let raft = &group.raft;
+            let answer = match message {
+                PeerMessage::Vote(rpc) => PeerAnswer::Vote(raft.vote(rpc).await),
+                PeerMessage::Append(rpc) => PeerAnswer::Append(raft.append_entries(rpc).await),
+                PeerMessage::Snapshot(rpc) => PeerAnswer::Snapshot(raft.install_snapshot(rpc).await),
+                PeerMessage::Propose(command) => PeerAnswer::Propose(group.write_locally(command).await),
+                PeerMessage::App(body) => PeerAnswer::App(app.request(&from, body).await?),
+            };
+            codec::encode(&answer).map_err(|e| e.to_string())
+        })
+    }
+
+    fn one_way(&self, from: &str, body: Vec<u8>) {
+        match codec::decode::<PeerMessage>(&body) {
+            Ok(PeerMessage::App(body)) => self.app.one_way(from, body),
+            Ok(_) => debug!(peer = %from, "ignoring a one-way raft message"),
+            Err(error) => debug!(peer = %from, %error, "undecodable one-way message"),
+        }
+    }
+}

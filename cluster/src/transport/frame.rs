@@ -1,0 +1,90 @@
+//! The frames on a link and their length-prefixed encoding.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::codec;
+
+/// Bumped on any change to [`Frame`]; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// The dialer's first frame.
+    Hello {
+        version: u32,
+        cluster_id: String,
+        node: String,
+    },
+    /// The acceptor's answer when the hello matches.
+    Accepted {
+        node: String,
+    },
+    /// The acceptor's answer when it does not; the link is closed after it.
+    Refused {
+        reason: String,
+    },
+    Request {
+        id: u64,
+        traceparent: Option<String>,
+        body: Vec<u8>,
+    },
+    Response {
+        id: u64,
+        body: Result<Vec<u8>, String>,
+    },
+    OneWay {
+        traceparent: Option<String>,
+        body: Vec<u8>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("codec: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), FrameError> {
+    let bytes = codec::encode(frame)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    writer.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, FrameError> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut bytes = vec![0u8; len];
+    reader.read_exact(&mut bytes).await?;
+    Ok(codec::decode(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversize_lengths_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let frame = Frame::Request { id: 9, traceparent: None, body: vec![1, 2, 3] };
+        write_frame(&mut a, &frame).await.unwrap();
+        assert_eq!(read_frame(&mut b).await.unwrap(), frame);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(read_frame(&mut b).await, Err(FrameError::TooLarge(_))));
+    }
+}

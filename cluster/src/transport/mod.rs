@@ -1,0 +1,73 @@
+//! Node-to-node links: request/response and one-way messages between named
+//! nodes, with a versioned handshake, bounded queues and reconnects.
+//!
+//! Bodies are bytes encoded by the layer above (Raft RPCs, forwarded
+//! publishes); this module moves them and must not look inside. There is one
+//! [`PeerTransport`] trait with a TCP implementation ([`TcpTransport`]) and
+//! an in-memory one ([`MemoryNetwork`]) whose links tests can cut and heal.
+
+mod frame;
+mod memory;
+mod tcp;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use frame::PROTOCOL_VERSION;
+pub use memory::{MemoryNetwork, MemoryTransport};
+pub use tcp::{TcpTransport, TcpTransportConfig};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a message did not get through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No link to the peer right now (connecting, refused, cut).
+    #[error("peer {0} is unreachable")]
+    Unreachable(String),
+    /// The peer's send queue is full; the message was dropped and counted.
+    #[error("send queue to {0} is full")]
+    QueueFull(String),
+    #[error("no response from {0} in time")]
+    Timeout(String),
+    /// The peer's handler answered with an error.
+    #[error("peer {peer} failed the request: {message}")]
+    Remote { peer: String, message: String },
+    #[error("transport is shut down")]
+    Closed,
+}
+
+/// What a node does with messages from its peers.
+pub trait PeerHandler: Send + Sync + 'static {
+    /// Answers a request from `from`; an `Err` reaches the caller as
+    /// [`TransportError::Remote`].
+    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>>;
+    /// Takes a one-way message from `from`.
+    fn one_way(&self, from: &str, body: Vec<u8>);
+}
+
+/// Sending to peers, by peer address.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Sends a request and waits (at most `timeout`) for the response.
+    fn request(
+        &self,
+        to: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Vec<u8>, TransportError>>;
+    /// Queues a one-way message; never waits.
+    fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError>;
+}
+
+/// Counts a transport keeps for metrics.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub dropped_queue_full: std::sync::atomic::AtomicU64,
+    pub handshakes_refused: std::sync::atomic::AtomicU64,
+    pub connects: std::sync::atomic::AtomicU64,
+}
+
+/// The handler shared by all links of one node.
+pub type SharedHandler = Arc<dyn PeerHandler>;
