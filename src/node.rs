@@ -22,7 +22,8 @@ use crate::auth::JwtVerifier;
 use crate::config::{Config, NamespacePolicies};
 use crate::gateway::{self, Gateway, GatewayParts, Hub, Sessions};
 use crate::protocol::CloseCode;
-use crate::replicate::{Replicator, TableStats};
+use crate::forward::Router;
+use crate::replicate::{Replicator, SharedTable, TableStats};
 use crate::telemetry::{self, Metrics};
 
 /// A running node.
@@ -91,7 +92,9 @@ impl Node {
             Arc::clone(&namespaces),
             metrics.clone(),
         ));
-        let replicator = Arc::new(Replicator::local(Arc::clone(&hub)));
+        let shared = SharedTable::new(Arc::clone(&hub));
+        let replicator = Arc::new(Replicator::local(shared));
+        let router = Arc::new(Router::local(Arc::clone(&hub)));
         let gateway = Arc::new(Gateway::new(GatewayParts {
             config: Arc::clone(&config),
             incarnation,
@@ -100,6 +103,7 @@ impl Node {
             sessions,
             hub,
             replicator,
+            router,
             metrics,
         }));
 

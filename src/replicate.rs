@@ -1,24 +1,32 @@
 //! The one place room commands meet replication.
 //!
 //! Everything that changes room membership is a [`RoomCommand`] proposed
-//! here; the command is given a log index, applied to the [`RoomTable`], and
-//! its effects are mirrored into the local fan-out [`Hub`] in the same order
-//! on every node. Today the log is local to this process (a single node);
-//! the cluster replaces [`Backend::Local`] with Raft behind the same
-//! `propose` and read functions, so the gateway does not change.
+//! here. A command gets a log index, is applied to the [`RoomTable`], and
+//! its effects are mirrored into the local fan-out [`Hub`] under the same
+//! lock, so every node sees effects in log order. A single node orders
+//! commands itself ([`Backend::Local`]); a cluster orders them through Raft
+//! ([`Backend::Raft`]), where every node applies every command through
+//! [`TableApplier`]. The gateway does not know which.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use starling_cluster::codec;
+use starling_cluster::raft::{Applier, RaftGroup};
+use tokio::sync::watch;
+use tracing::warn;
 
 use crate::gateway::Hub;
 use crate::protocol::{ConnId, RoomName};
-use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable};
+use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot};
 
-/// Why a command was not applied.
+/// Why a command was not applied or a read could not be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicateError {
     /// Retryable: no quorum or no leader right now.
     #[error("room state is unavailable: {0}")]
-    Unavailable(&'static str),
+    Unavailable(String),
 }
 
 /// Counts over the whole room table.
@@ -30,95 +38,196 @@ pub struct TableStats {
     pub connections: usize,
 }
 
+/// How long a node waits for its own state machine to catch up with an
+/// index it knows is committed.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct TableState {
+    last_index: u64,
+    table: RoomTable,
+}
+
+/// The room table as applied on this node, shared by the apply path (local
+/// or Raft) and by reads.
+pub struct SharedTable {
+    state: Mutex<TableState>,
+    hub: Arc<Hub>,
+    /// The last applied log index, for waiting on "applied at least N".
+    applied_tx: watch::Sender<u64>,
+}
+
+impl SharedTable {
+    pub fn new(hub: Arc<Hub>) -> Arc<SharedTable> {
+        let state = TableState { last_index: 0, table: RoomTable::new() };
+        Arc::new(SharedTable { state: Mutex::new(state), hub, applied_tx: watch::Sender::new(0) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `command` at `index` (or at the next index when `None`).
+    fn apply(&self, index: Option<u64>, command: RoomCommand) -> (u64, Vec<Effect>) {
+        let mut state = self.lock();
+        let index = index.unwrap_or(state.last_index + 1);
+        state.last_index = index;
+        let effects = state.table.apply(index, command);
+        // Under the same lock, so the hub sees effects in log order.
+        self.hub.apply_effects(&effects);
+        drop(state);
+        self.applied_tx.send_replace(index);
+        (index, effects)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    /// Waits until this node has applied `index` (bounded).
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ReplicateError> {
+        let mut applied = self.applied_tx.subscribe();
+        let reached = tokio::time::timeout(CATCH_UP_TIMEOUT, applied.wait_for(|&i| i >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ReplicateError::Unavailable("this node is behind the log".into())),
+        }
+    }
+}
+
+/// What the proposer of a command gets back through Raft.
+#[derive(Serialize, Deserialize)]
+struct AppliedCommand {
+    index: u64,
+    effects: Vec<Effect>,
+}
+
+/// The room table behind a Raft state machine.
+pub struct TableApplier(pub Arc<SharedTable>);
+
+impl Applier for TableApplier {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let effects = match codec::decode::<RoomCommand>(command) {
+            Ok(command) => self.0.apply(Some(index), command).1,
+            Err(error) => {
+                // Every node fails the same way on the same bytes, so the
+                // tables stay equal; the entry is skipped.
+                warn!(index, %error, "undecodable room command skipped");
+                self.0.applied_tx.send_replace(index);
+                Vec::new()
+            }
+        };
+        codec::encode(&AppliedCommand { index, effects }).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let state = self.0.lock();
+        codec::encode(&(state.last_index, state.table.to_snapshot())).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (index, table): (u64, TableSnapshot) = codec::decode(snapshot).map_err(|e| e.to_string())?;
+        let mut state = self.0.lock();
+        state.table = RoomTable::from_snapshot(table);
+        state.last_index = index;
+        self.0.hub.rebuild(&state.table);
+        drop(state);
+        self.0.applied_tx.send_replace(index);
+        Ok(())
+    }
+}
+
 pub struct Replicator {
+    shared: Arc<SharedTable>,
     backend: Backend,
 }
 
 enum Backend {
     /// A single node: the log is this process's apply order.
-    Local(LocalLog),
-}
-
-struct LocalLog {
-    state: Mutex<LocalState>,
-    hub: Arc<Hub>,
-}
-
-struct LocalState {
-    last_index: u64,
-    table: RoomTable,
+    Local,
+    /// A cluster member: commands go through the Raft group.
+    Raft(Arc<RaftGroup>),
 }
 
 impl Replicator {
-    pub fn local(hub: Arc<Hub>) -> Replicator {
-        let state = LocalState { last_index: 0, table: RoomTable::new() };
-        Replicator { backend: Backend::Local(LocalLog { state: Mutex::new(state), hub }) }
+    pub fn local(shared: Arc<SharedTable>) -> Replicator {
+        Replicator { shared, backend: Backend::Local }
     }
 
-    /// Proposes `command` and waits until it is applied; returns its effects.
+    pub fn raft(shared: Arc<SharedTable>, group: Arc<RaftGroup>) -> Replicator {
+        Replicator { shared, backend: Backend::Raft(group) }
+    }
+
+    pub fn shared(&self) -> &Arc<SharedTable> {
+        &self.shared
+    }
+
+    /// Proposes `command` and waits until it is applied on this node;
+    /// returns its effects.
     pub async fn propose(&self, command: RoomCommand) -> Result<Vec<Effect>, ReplicateError> {
-        match &self.backend {
-            Backend::Local(log) => Ok(log.apply(command)),
-        }
+        let group = match &self.backend {
+            Backend::Local => return Ok(self.shared.apply(None, command).1),
+            Backend::Raft(group) => group,
+        };
+        let bytes = codec::encode(&command).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+        let response = group.propose(bytes).await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+        let applied: AppliedCommand =
+            codec::decode(&response).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+        // The leader applied it; make it visible here before answering, so a
+        // read on this node sees the caller's own write.
+        self.shared.wait_applied(applied.index).await?;
+        Ok(applied.effects)
     }
 
-    /// A room as of the latest applied command, which includes every command
-    /// this node has had a reply for.
+    /// A room as of a linearizable read: in a cluster, everything committed
+    /// before the read started is applied here first.
+    pub async fn presence(&self, room: &RoomName) -> Result<Option<RoomSnapshot>, ReplicateError> {
+        if let Backend::Raft(group) = &self.backend {
+            let index = group.read_index().await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+            self.shared.wait_applied(index).await?;
+        }
+        Ok(self.snapshot(room))
+    }
+
+    /// A room as applied on this node now (includes every command this
+    /// node has had a reply for).
     pub fn snapshot(&self, room: &RoomName) -> Option<RoomSnapshot> {
-        match &self.backend {
-            Backend::Local(log) => log.lock().table.snapshot(room),
-        }
+        self.shared.lock().table.snapshot(room)
     }
 
-    /// Calls `f` with the room as of the latest applied command while no
-    /// further command can apply, so that what `f` queues for a connection
-    /// lands exactly between the effects already mirrored and later ones.
+    /// Calls `f` with the room as applied here while no further command can
+    /// apply, so that what `f` queues for a connection lands exactly between
+    /// the effects already mirrored and later ones.
     pub fn with_snapshot<R>(&self, room: &RoomName, f: impl FnOnce(Option<RoomSnapshot>) -> R) -> R {
-        match &self.backend {
-            Backend::Local(log) => {
-                let state = log.lock();
-                f(state.table.snapshot(room))
-            }
-        }
+        let state = self.shared.lock();
+        f(state.table.snapshot(room))
     }
 
     pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
-        match &self.backend {
-            Backend::Local(log) => log.lock().table.is_member(room, conn),
-        }
+        self.shared.lock().table.is_member(room, conn)
     }
 
     pub fn stats(&self) -> TableStats {
-        match &self.backend {
-            Backend::Local(log) => {
-                let state = log.lock();
-                TableStats {
-                    rooms: state.table.room_count(),
-                    members: state.table.member_count(),
-                    connections: state.table.connection_count(),
-                }
-            }
+        let state = self.shared.lock();
+        TableStats {
+            rooms: state.table.room_count(),
+            members: state.table.member_count(),
+            connections: state.table.connection_count(),
         }
     }
 
-    /// Whether this node can change room state now (single node: always).
+    /// Whether this node can change room state now: a single node always;
+    /// a cluster member when its group has a leader.
     pub fn is_ready(&self) -> bool {
-        matches!(self.backend, Backend::Local(_))
-    }
-}
-
-impl LocalLog {
-    fn lock(&self) -> MutexGuard<'_, LocalState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        match &self.backend {
+            Backend::Local => true,
+            Backend::Raft(group) => group.metrics().borrow().current_leader.is_some(),
+        }
     }
 
-    fn apply(&self, command: RoomCommand) -> Vec<Effect> {
-        let mut state = self.lock();
-        state.last_index += 1;
-        let index = state.last_index;
-        let effects = state.table.apply(index, command);
-        // Under the same lock, so the hub sees effects in log order.
-        self.hub.apply_effects(&effects);
-        effects
+    pub fn group(&self) -> Option<&Arc<RaftGroup>> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Raft(group) => Some(group),
+        }
     }
 }

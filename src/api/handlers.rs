@@ -67,7 +67,7 @@ fn room_and_namespace<'a>(
     Ok((room, namespace))
 }
 
-pub fn publish(state: &ApiState, body: &[u8]) -> Response {
+pub async fn publish(state: &ApiState, body: &[u8]) -> Response {
     let received_at = Instant::now();
     #[derive(Deserialize)]
     struct Publish<'a> {
@@ -92,13 +92,15 @@ pub fn publish(state: &ApiState, body: &[u8]) -> Response {
     }
     // A room with no members has no sequence: nothing is delivered, and
     // epoch 0 says so.
-    let position =
-        state.gateway.hub.publish(&room, data, None, received_at).unwrap_or(Position { epoch: 0, offset: 0 });
+    let position = match state.gateway.router.publish(&room, data, None, received_at).await {
+        Ok(position) => position.unwrap_or(Position { epoch: 0, offset: 0 }),
+        Err(error) => return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.0),
+    };
     warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch}))
         .into_response()
 }
 
-pub fn presence(state: &ApiState, room: &str) -> Response {
+pub async fn presence(state: &ApiState, room: &str) -> Response {
     let decoded = percent_decode(room);
     let (room, namespace) = match room_and_namespace(state, &decoded) {
         Ok(found) => found,
@@ -108,7 +110,12 @@ pub fn presence(state: &ApiState, room: &str) -> Response {
         let message = format!("presence is off in namespace `{}`", room.namespace());
         return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
     }
-    let members = state.gateway.replicator.snapshot(&room).map(|s| s.members).unwrap_or_default();
+    let members = match state.gateway.replicator.presence(&room).await {
+        Ok(snapshot) => snapshot.map(|s| s.members).unwrap_or_default(),
+        Err(error) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.to_string())
+        }
+    };
     let body = serde_json::json!({ "members": wire_member_list(&members) });
     warp::reply::json(&body).into_response()
 }

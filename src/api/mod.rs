@@ -57,11 +57,11 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::post())
         .and(authorized.clone())
         .and(json_body)
-        .map(|state: Arc<ApiState>, body: Bytes| handlers::publish(&state, &body));
+        .then(|state: Arc<ApiState>, body: Bytes| async move { handlers::publish(&state, &body).await });
     let presence = warp::path!("api" / "rooms" / String / "presence")
         .and(warp::get())
         .and(authorized.clone())
-        .map(|room: String, state: Arc<ApiState>| handlers::presence(&state, &room));
+        .then(|room: String, state: Arc<ApiState>| async move { handlers::presence(&state, &room).await });
     let cluster = warp::path!("api" / "cluster")
         .and(warp::get())
         .and(authorized.clone())

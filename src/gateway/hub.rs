@@ -1,14 +1,16 @@
-//! Local fan-out: which connections on this node are in which room, and the
-//! sequencing of rooms this node owns.
+//! Local fan-out and room sequencing.
 //!
-//! The hub follows the replicated room table through [`Hub::apply_effects`],
-//! called in log order, and keeps for each room with local members the list
-//! of their outbound queues. A message is encoded once and the same bytes
-//! are queued for every local member. The hub never decides membership: it
-//! only mirrors what `rooms` decided.
+//! The hub mirrors the replicated room table through [`Hub::apply_effects`]
+//! (called in log order): for every room it knows the epoch, the owner node,
+//! the last offset seen, and the outbound queues of the room's members on
+//! this node. The owner node sequences a room's messages ([`Hub::sequence`])
+//! and hands each encoded frame to a [`RemoteFanout`] for the other nodes;
+//! other nodes take frames from the owner with [`Hub::deliver`]. A frame is
+//! encoded once and the same bytes are queued for every local member. The
+//! hub never decides membership: it only mirrors what `rooms` decided.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
@@ -18,7 +20,7 @@ use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
 use crate::protocol::{self, ConnId, MessageFrom, RoomName};
-use crate::rooms::{Effect, MemberRecord};
+use crate::rooms::{Effect, MemberRecord, RoomTable};
 use crate::telemetry::Metrics;
 
 /// Where a room's message stream stands: the next message gets `offset + 1`.
@@ -28,10 +30,25 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// Sends a sequenced frame to the other nodes (the cluster's forwarding).
+pub trait RemoteFanout: Send + Sync + 'static {
+    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes);
+}
+
+/// Why [`Hub::sequence`] did not sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SequenceError {
+    /// The room has no members anywhere.
+    NoRoom,
+    /// Another node owns the room and sequences its messages.
+    NotOwner { owner: Arc<str>, epoch: u64 },
+}
+
 #[derive(Debug)]
 struct LocalRoom {
     epoch: u64,
-    /// The offset of the last message sequenced (0: none yet in this epoch).
+    owner: Arc<str>,
+    /// The offset of the last message sequenced or delivered in this epoch.
     last_offset: u64,
     subscribers: Vec<Arc<SessionEntry>>,
 }
@@ -43,6 +60,8 @@ pub struct Hub {
     sessions: Arc<Sessions>,
     namespaces: Arc<NamespacePolicies>,
     metrics: Metrics,
+    /// Set once in a cluster; a single node has no one to send to.
+    remote: OnceLock<Arc<dyn RemoteFanout>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,7 +76,20 @@ impl Hub {
         namespaces: Arc<NamespacePolicies>,
         metrics: Metrics,
     ) -> Hub {
-        Hub { node, incarnation, rooms: RwLock::default(), sessions, namespaces, metrics }
+        Hub {
+            node,
+            incarnation,
+            rooms: RwLock::default(),
+            sessions,
+            namespaces,
+            metrics,
+            remote: OnceLock::new(),
+        }
+    }
+
+    /// Connects the hub to the cluster's forwarding (once, at start).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteFanout>) {
+        let _ = self.remote.set(remote);
     }
 
     fn is_local(&self, member: &MemberRecord) -> bool {
@@ -77,48 +109,40 @@ impl Hub {
     pub fn apply_effects(&self, effects: &[Effect]) {
         for effect in effects {
             match effect {
-                Effect::Joined { room, epoch, member } => self.on_joined(room, *epoch, member),
+                Effect::RoomOpened { room, epoch, owner } => {
+                    let local = LocalRoom { epoch: *epoch, owner: owner.clone(), last_offset: 0, subscribers: Vec::new() };
+                    self.rooms.write().unwrap_or_else(|p| p.into_inner()).insert(room.clone(), Arc::new(Mutex::new(local)));
+                }
+                Effect::Joined { room, member, .. } => self.on_joined(room, member),
                 Effect::Left { room, member, .. } => self.on_left(room, member),
-                Effect::OwnerChanged { room, epoch, .. } => {
+                Effect::OwnerChanged { room, epoch, owner } => {
                     if let Some(local) = self.room(room) {
                         let mut local = lock(&local);
-                        local.epoch = *epoch;
-                        local.last_offset = 0;
+                        local.owner = owner.clone();
+                        // A delivery from the new owner may have arrived first.
+                        if local.epoch < *epoch {
+                            local.epoch = *epoch;
+                            local.last_offset = 0;
+                        }
                     }
                 }
                 Effect::RoomClosed { room } => {
                     self.rooms.write().unwrap_or_else(|p| p.into_inner()).remove(room);
                 }
-                Effect::RoomOpened { .. }
-                | Effect::AlreadyJoined { .. }
-                | Effect::Rejected { .. }
-                | Effect::NotMember { .. } => {}
+                Effect::AlreadyJoined { .. } | Effect::Rejected { .. } | Effect::NotMember { .. } => {}
             }
         }
-        let count = self.rooms.read().unwrap_or_else(|p| p.into_inner()).len();
-        self.metrics.rooms.set(count as f64);
+        self.metrics.rooms.set(self.room_count() as f64);
     }
 
-    fn on_joined(&self, room: &RoomName, epoch: u64, member: &MemberRecord) {
-        let event = self
-            .events_enabled(room)
-            .then(|| Utf8Bytes::from(protocol::encode_event_joined(room.as_str(), wire_member(member))));
-        let local_entry = if self.is_local(member) { self.sessions.get(member.conn) } else { None };
-        let local = match (self.room(room), &local_entry) {
-            (Some(local), _) => local,
-            (None, Some(_)) => {
-                let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-                rooms
-                    .entry(room.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Mutex::new(LocalRoom { epoch, last_offset: 0, subscribers: Vec::new() }))
-                    })
-                    .clone()
-            }
-            (None, None) => return,
+    fn on_joined(&self, room: &RoomName, member: &MemberRecord) {
+        let Some(local) = self.room(room) else {
+            return;
         };
+        let local_entry = if self.is_local(member) { self.sessions.get(member.conn) } else { None };
         let mut local = lock(&local);
-        if let Some(text) = event {
+        if self.events_enabled(room) && !local.subscribers.is_empty() {
+            let text = Utf8Bytes::from(protocol::encode_event_joined(room.as_str(), wire_member(member)));
             self.fan_out(&local.subscribers, &text, None);
         }
         if let Some(entry) = local_entry {
@@ -140,28 +164,46 @@ impl Hub {
             let text = Utf8Bytes::from(protocol::encode_event_left(room.as_str(), wire_member(member)));
             self.fan_out(&local.subscribers, &text, None);
         }
-        if local.subscribers.is_empty() {
-            drop(local);
-            let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-            // Re-check under the map lock: a join may have raced in.
-            if rooms.get(room).is_some_and(|r| lock(r).subscribers.is_empty()) {
-                rooms.remove(room);
-            }
-        }
     }
 
-    /// Sequences and delivers one message to every local member of `room`.
-    /// Returns its position, or `None` when the room has no members here
-    /// (then nobody received it).
-    pub fn publish(
+    /// Rebuilds the mirror from a whole table (after a Raft snapshot was
+    /// installed). Positions of rooms whose epoch did not change are kept.
+    pub fn rebuild(&self, table: &RoomTable) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        let mut rebuilt = HashMap::new();
+        for name in table.room_names() {
+            let Some(snapshot) = table.snapshot(&name) else { continue };
+            let last_offset = rooms
+                .get(&name)
+                .map(|r| lock(r))
+                .filter(|r| r.epoch == snapshot.epoch)
+                .map_or(0, |r| r.last_offset);
+            let subscribers = snapshot
+                .members
+                .iter()
+                .filter(|m| self.is_local(m))
+                .filter_map(|m| self.sessions.get(m.conn))
+                .collect();
+            let local = LocalRoom { epoch: snapshot.epoch, owner: snapshot.owner.clone(), last_offset, subscribers };
+            rebuilt.insert(name, Arc::new(Mutex::new(local)));
+        }
+        *rooms = rebuilt;
+    }
+
+    /// Sequences one message of a room this node owns and delivers it to
+    /// every local member and, through the remote fan-out, to other nodes.
+    pub fn sequence(
         &self,
         room: &RoomName,
         data: &RawValue,
         from: Option<MessageFrom<'_>>,
         published_at: Instant,
-    ) -> Option<Position> {
-        let local = self.room(room)?;
+    ) -> Result<Position, SequenceError> {
+        let local = self.room(room).ok_or(SequenceError::NoRoom)?;
         let mut local = lock(&local);
+        if *local.owner != *self.node {
+            return Err(SequenceError::NotOwner { owner: local.owner.clone(), epoch: local.epoch });
+        }
         local.last_offset += 1;
         let position = Position { epoch: local.epoch, offset: local.last_offset };
         let text = Utf8Bytes::from(protocol::encode_message(
@@ -172,8 +214,27 @@ impl Hub {
             from,
         ));
         self.fan_out(&local.subscribers, &text, Some(published_at));
+        if let Some(remote) = self.remote.get() {
+            // Under the room lock: frames leave in offset order.
+            remote.deliver(room, position, &text);
+        }
         self.metrics.publishes.increment(1);
-        Some(position)
+        Ok(position)
+    }
+
+    /// Takes a frame sequenced by the room's owner on another node. Frames of
+    /// an older epoch are dropped; a newer epoch is adopted.
+    pub fn deliver(&self, room: &RoomName, position: Position, text: Utf8Bytes) {
+        let Some(local) = self.room(room) else {
+            return;
+        };
+        let mut local = lock(&local);
+        if position.epoch < local.epoch || (position.epoch == local.epoch && position.offset <= local.last_offset) {
+            return;
+        }
+        local.epoch = position.epoch;
+        local.last_offset = position.offset;
+        self.fan_out(&local.subscribers, &text, Some(Instant::now()));
     }
 
     fn fan_out(&self, subscribers: &[Arc<SessionEntry>], text: &Utf8Bytes, published_at: Option<Instant>) {
@@ -189,9 +250,16 @@ impl Hub {
         self.metrics.deliveries.increment(delivered);
     }
 
-    /// Calls `f` with the current position of `room` on this node (if it
-    /// has local members) while no message of the room can be sequenced, so
-    /// whatever `f` queues lands between offset `position` and the next one.
+    /// The owner and epoch of `room`, if it exists.
+    pub fn owner_of(&self, room: &RoomName) -> Option<(Arc<str>, u64)> {
+        let local = self.room(room)?;
+        let local = lock(&local);
+        Some((local.owner.clone(), local.epoch))
+    }
+
+    /// Calls `f` with the current position of `room` on this node while no
+    /// message of the room can be sequenced or delivered here, so whatever
+    /// `f` queues lands between offset `position` and the next one.
     pub fn with_position<R>(&self, room: &RoomName, f: impl FnOnce(Option<Position>) -> R) -> R {
         let Some(local) = self.room(room) else {
             return f(None);
@@ -200,12 +268,12 @@ impl Hub {
         f(Some(Position { epoch: local.epoch, offset: local.last_offset }))
     }
 
-    /// Rooms with at least one member on this node.
+    /// Rooms known to this node (all rooms of the cluster).
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Local subscriptions across all rooms.
+    /// Local (room, connection) subscriptions across all rooms.
     pub fn subscription_count(&self) -> usize {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         rooms.values().map(|r| lock(r).subscribers.len()).sum()
@@ -219,12 +287,7 @@ impl Hub {
 
 /// The wire view of a member record.
 pub fn wire_member(member: &MemberRecord) -> protocol::Member<'_> {
-    protocol::Member {
-        user: &member.user,
-        conn: member.conn,
-        node: &member.node,
-        meta: meta_json(&member.meta),
-    }
+    protocol::Member { user: &member.user, conn: member.conn, node: &member.node, meta: meta_json(&member.meta) }
 }
 
 /// The wire view of a member list.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub use admission::{Admission, Rejection};
-pub use hub::{wire_member, wire_member_list, Hub, Position};
+pub use hub::{wire_member, wire_member_list, Hub, Position, RemoteFanout, SequenceError};
 pub use listener::serve;
 pub use outbound::{OutFrame, Outbound, PushError};
 pub use sessions::{SessionEntry, Sessions};
@@ -28,6 +28,7 @@ pub use sessions::{SessionEntry, Sessions};
 use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::config::{Config, NamespacePolicies};
 use crate::protocol::ConnId;
+use crate::forward::Router;
 use crate::replicate::Replicator;
 use crate::telemetry::Metrics;
 
@@ -45,6 +46,7 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     pub hub: Arc<Hub>,
     pub replicator: Arc<Replicator>,
+    pub router: Arc<Router>,
     /// One permit per open connection (`limits.max_connections`).
     connection_permits: Arc<Semaphore>,
     /// One permit per TCP connection still in its handshake.
@@ -63,6 +65,7 @@ pub struct GatewayParts {
     pub sessions: Arc<Sessions>,
     pub hub: Arc<Hub>,
     pub replicator: Arc<Replicator>,
+    pub router: Arc<Router>,
     pub metrics: Metrics,
 }
 
@@ -83,6 +86,7 @@ impl Gateway {
             sessions: parts.sessions,
             hub: parts.hub,
             replicator: parts.replicator,
+            router: parts.router,
             metrics: parts.metrics,
             config,
         }

@@ -284,8 +284,8 @@ impl Session {
         let result = match envelope.request {
             Request::Join { room, meta } => self.join(id, room, meta.as_deref()).await,
             Request::Leave { room } => self.leave(room).await,
-            Request::Publish { room, data, .. } => self.publish(&room, &data),
-            Request::Presence { room } => self.presence(&room),
+            Request::Publish { room, data, .. } => self.publish(&room, &data).await,
+            Request::Presence { room } => self.presence(&room).await,
             Request::Pong => return None,
         };
         match result {
@@ -381,7 +381,7 @@ impl Session {
         Ok(Reply::Empty)
     }
 
-    fn publish(&mut self, room: &RoomName, data: &RawValue) -> Result<Reply, ErrorBody> {
+    async fn publish(&mut self, room: &RoomName, data: &RawValue) -> Result<Reply, ErrorBody> {
         let received_at = Instant::now();
         let namespace = self.namespace(room)?;
         if namespace.publish == PublishPolicy::Server {
@@ -396,14 +396,15 @@ impl Session {
             return Err(ErrorBody::new(ErrorCode::NotJoined, "join the room before publishing"));
         }
         let from = MessageFrom { user: &self.entry.user, conn: self.entry.conn };
-        let position =
-            self.gateway.hub.publish(room, data, Some(from), received_at).ok_or_else(|| {
-                ErrorBody::new(ErrorCode::Unavailable, "room is not ready").retry_after(100)
-            })?;
-        Ok(Reply::Published(position))
+        let published = self.gateway.router.publish(room, data, Some(from), received_at).await;
+        match published {
+            Ok(Some(position)) => Ok(Reply::Published(position)),
+            Ok(None) => Err(ErrorBody::new(ErrorCode::Unavailable, "room is not ready").retry_after(100)),
+            Err(error) => Err(ErrorBody::new(ErrorCode::Unavailable, error.0).retry_after(200)),
+        }
     }
 
-    fn presence(&self, room: &RoomName) -> Result<Reply, ErrorBody> {
+    async fn presence(&self, room: &RoomName) -> Result<Reply, ErrorBody> {
         let namespace = self.namespace(room)?;
         if !namespace.presence {
             let message = format!("presence is off in namespace `{}`", room.namespace());
@@ -412,11 +413,8 @@ impl Session {
         if !self.rooms.contains(room) && !self.claims.may_join(room.as_str()) {
             return Err(ErrorBody::new(ErrorCode::Forbidden, "token does not allow this room"));
         }
-        Ok(Reply::Presence(self.snapshot_members(room)))
-    }
-
-    fn snapshot_members(&self, room: &RoomName) -> Vec<Arc<MemberRecord>> {
-        self.gateway.replicator.snapshot(room).map(|s: RoomSnapshot| s.members).unwrap_or_default()
+        let snapshot = self.gateway.replicator.presence(room).await.map_err(unavailable)?;
+        Ok(Reply::Presence(snapshot.map(|s: RoomSnapshot| s.members).unwrap_or_default()))
     }
 
     /// Removes the connection from every room it is in.

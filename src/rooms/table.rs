@@ -311,6 +311,11 @@ impl RoomTable {
         self.rooms.get(room).is_some_and(|r| r.members.contains_key(&conn))
     }
 
+    /// Every room's name (for rebuilding a mirror after a snapshot restore).
+    pub fn room_names(&self) -> Vec<RoomName> {
+        self.rooms.keys().cloned().collect()
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }

@@ -181,6 +181,64 @@ impl RaftGroup {
         }
     }
 
+    /// The log index a linearizable read must see applied: confirmed by the
+    /// leader with a quorum (asked over the network from a follower).
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        let attempt = async {
+            for _ in 0..5 {
+                let leader = self.raft.metrics().borrow().current_leader;
+                let result = match leader {
+                    Some(leader) if leader == self.me => self.read_index_locally().await,
+                    Some(leader) => self.read_index_from(leader).await,
+                    None => Err(ProposeRefusal::NotLeader { leader: None }),
+                };
+                match result {
+                    Ok(index) => return Ok(index),
+                    Err(ProposeRefusal::NotLeader { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(ProposeRefusal::Failed(reason)) => return Err(ProposeError::Unavailable(reason)),
+                }
+            }
+            Err(ProposeError::Unavailable("no stable leader".into()))
+        };
+        tokio::time::timeout(self.propose_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("read index timed out".into())))
+    }
+
+    async fn read_index_locally(&self) -> Result<u64, ProposeRefusal> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(error)) => {
+                debug!(%error, "not the leader for a read index");
+                Err(ProposeRefusal::NotLeader { leader: None })
+            }
+            Err(error) => Err(ProposeRefusal::Failed(error.to_string())),
+        }
+    }
+
+    async fn read_index_from(&self, leader: NodeId) -> Result<u64, ProposeRefusal> {
+        let node = self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
+        let node = node.ok_or(ProposeRefusal::NotLeader { leader: None })?;
+        let body = codec::encode(&PeerMessage::ReadIndex).map_err(|e| ProposeRefusal::Failed(e.to_string()))?;
+        let answer = self.transport.request(&node.peer_addr, body, self.propose_timeout).await;
+        match answer.map(|bytes| codec::decode::<PeerAnswer>(&bytes)) {
+            Ok(Ok(PeerAnswer::ReadIndex(result))) => result,
+            Ok(_) => Err(ProposeRefusal::Failed("bad answer to a read index".into())),
+            Err(_) => Err(ProposeRefusal::NotLeader { leader: Some(node) }),
+        }
+    }
+
+    /// The current leader's name, if known.
+    pub fn leader_name(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics.membership_config.membership().get_node(&leader).map(|n| n.name.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.me)
+    }
+
     async fn write_locally(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeRefusal> {
         match self.raft.client_write(Command(command)).await {
             Ok(response) => Ok(response.data.0),
@@ -218,6 +276,7 @@ impl PeerHandler for GroupHandler {
                 PeerMessage::Append(rpc) => PeerAnswer::Append(raft.append_entries(rpc).await),
                 PeerMessage::Snapshot(rpc) => PeerAnswer::Snapshot(raft.install_snapshot(rpc).await),
                 PeerMessage::Propose(command) => PeerAnswer::Propose(group.write_locally(command).await),
+                PeerMessage::ReadIndex => PeerAnswer::ReadIndex(group.read_index_locally().await),
                 PeerMessage::App(body) => PeerAnswer::App(app.request(&from, body).await?),
             };
             codec::encode(&answer).map_err(|e| e.to_string())

@@ -25,6 +25,9 @@ pub enum PeerMessage {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A command proposed on a follower, forwarded to the leader.
     Propose(Vec<u8>),
+    /// Asks the leader for a read index (the log index a linearizable read
+    /// must wait for).
+    ReadIndex,
     /// The application's own messages (forwarded publishes, deliveries).
     App(Vec<u8>),
 }
@@ -37,6 +40,7 @@ pub enum PeerAnswer {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     /// The applied response, or why the proposal was not committed here.
     Propose(Result<Vec<u8>, ProposeRefusal>),
+    ReadIndex(Result<u64, ProposeRefusal>),
     App(Vec<u8>),
 }
 

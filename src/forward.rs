@@ -1,0 +1,210 @@
+//! Publish routing: a room's owner node sequences its messages. A publish
+//! on the owner is sequenced at once; on another node it is forwarded to the
+//! owner, which sequences it and sends the encoded frame once to every other
+//! node; each node fans it out to its local members.
+//!
+//! This module owns the node-to-node application messages (forwarded
+//! publishes, deliveries) and the directory of peer addresses. It must not
+//! change membership; the hub decides nothing but order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use starling_cluster::codec;
+use starling_cluster::raft::{PeerAnswer, PeerMessage};
+use starling_cluster::transport::{BoxFuture, PeerHandler, PeerTransport};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::debug;
+
+use crate::gateway::{Hub, Position, RemoteFanout, SequenceError};
+use crate::protocol::{ConnId, MessageFrom, RoomName};
+use crate::replicate::SharedTable;
+
+/// Why a publish could not be sequenced. Retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PublishError(pub String);
+
+/// Application messages between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+enum AppMessage {
+    /// To the owner: sequence this. `min_index` is the sender's applied log
+    /// index; the owner first catches up to it, so it knows every member
+    /// the sender knew of.
+    Publish { room: String, data: String, from: Option<(String, ConnId)>, min_index: u64 },
+    /// From the owner: a sequenced frame.
+    Deliver { room: String, epoch: u64, offset: u64, text: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum AppAnswer {
+    Published(Result<(u64, u64), String>),
+}
+
+/// How long a forwarded publish may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sequences or forwards publishes.
+pub struct Router {
+    hub: Arc<Hub>,
+    links: Option<Arc<PeerLinks>>,
+}
+
+impl Router {
+    pub fn local(hub: Arc<Hub>) -> Router {
+        Router { hub, links: None }
+    }
+
+    pub fn cluster(hub: Arc<Hub>, links: Arc<PeerLinks>) -> Router {
+        Router { hub, links: Some(links) }
+    }
+
+    /// Publishes `data` to `room`. `Ok(None)`: the room has no members.
+    pub async fn publish(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+        from: Option<MessageFrom<'_>>,
+        published_at: Instant,
+    ) -> Result<Option<Position>, PublishError> {
+        match self.hub.sequence(room, data, from, published_at) {
+            Ok(position) => Ok(Some(position)),
+            Err(SequenceError::NoRoom) => Ok(None),
+            Err(SequenceError::NotOwner { owner, .. }) => {
+                let links = self.links.as_ref().ok_or_else(|| PublishError("room owner is unknown".into()))?;
+                links.forward_publish(&owner, room, data, from).await.map(Some)
+            }
+        }
+    }
+}
+
+/// The peer addresses of the other nodes and the transport to reach them.
+pub struct PeerLinks {
+    me: String,
+    transport: Arc<dyn PeerTransport>,
+    /// Node name -> peer address, from gossip.
+    peers: RwLock<HashMap<String, String>>,
+    shared: Arc<SharedTable>,
+}
+
+impl PeerLinks {
+    pub fn new(me: &str, transport: Arc<dyn PeerTransport>, shared: Arc<SharedTable>) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks { me: me.into(), transport, peers: RwLock::default(), shared })
+    }
+
+    pub fn set_peer(&self, name: &str, peer_addr: &str) {
+        if name != self.me {
+            self.peers.write().unwrap_or_else(|p| p.into_inner()).insert(name.into(), peer_addr.into());
+        }
+    }
+
+    pub fn remove_peer(&self, name: &str) {
+        self.peers.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    fn peer_addr(&self, name: &str) -> Option<String> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    async fn forward_publish(
+        &self,
+        owner: &str,
+        room: &RoomName,
+        data: &RawValue,
+        from: Option<MessageFrom<'_>>,
+    ) -> Result<Position, PublishError> {
+        let addr = self.peer_addr(owner).ok_or_else(|| PublishError(format!("room owner {owner} is unreachable")))?;
+        let message = AppMessage::Publish {
+            room: room.to_string(),
+            data: data.get().to_string(),
+            from: from.map(|f| (f.user.to_string(), f.conn)),
+            min_index: self.shared.applied_index(),
+        };
+        let body = wrap(&message).map_err(PublishError)?;
+        let answer = self
+            .transport
+            .request(&addr, body, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| PublishError(format!("forward to the room owner failed: {e}")))?;
+        let answer: PeerAnswer = codec::decode(&answer).map_err(|e| PublishError(e.to_string()))?;
+        let PeerAnswer::App(bytes) = answer else {
+            return Err(PublishError("bad answer from the room owner".into()));
+        };
+        match codec::decode::<AppAnswer>(&bytes).map_err(|e| PublishError(e.to_string()))? {
+            AppAnswer::Published(Ok((epoch, offset))) => Ok(Position { epoch, offset }),
+            AppAnswer::Published(Err(reason)) => Err(PublishError(reason)),
+        }
+    }
+}
+
+fn wrap(message: &AppMessage) -> Result<Vec<u8>, String> {
+    let inner = codec::encode(message).map_err(|e| e.to_string())?;
+    codec::encode(&PeerMessage::App(inner)).map_err(|e| e.to_string())
+}
+
+impl RemoteFanout for PeerLinks {
+    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes) {
+        let message = AppMessage::Deliver {
+            room: room.to_string(),
+            epoch: position.epoch,
+            offset: position.offset,
+            text: text.as_str().to_string(),
+        };
+        let Ok(body) = wrap(&message) else { return };
+        // One copy per node; every node gets every frame of the room, in
+        // order (one link per peer), and keeps what its members need.
+        for (name, addr) in self.peers.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Err(error) = self.transport.send(addr, body.clone()) {
+                debug!(peer = %name, %error, "delivery to peer dropped");
+            }
+        }
+    }
+}
+
+/// Serves application messages from peers.
+pub struct AppHandler {
+    pub hub: Arc<Hub>,
+    pub shared: Arc<SharedTable>,
+}
+
+impl PeerHandler for AppHandler {
+    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+        let (hub, shared, from) = (Arc::clone(&self.hub), Arc::clone(&self.shared), from.to_string());
+        Box::pin(async move {
+            let AppMessage::Publish { room, data, from: sender, min_index } =
+                codec::decode::<AppMessage>(&body).map_err(|e| e.to_string())?
+            else {
+                return Err(format!("unexpected request from {from}"));
+            };
+            let received_at = Instant::now();
+            let result = async {
+                shared.wait_applied(min_index).await.map_err(|e| e.to_string())?;
+                let room = RoomName::parse(&room).map_err(|e| e.to_string())?;
+                let data: &RawValue = serde_json::from_str(&data).map_err(|e| e.to_string())?;
+                let from = sender.as_ref().map(|(user, conn)| MessageFrom { user, conn: *conn });
+                match hub.sequence(&room, data, from, received_at) {
+                    Ok(position) => Ok((position.epoch, position.offset)),
+                    Err(SequenceError::NoRoom) => Err("room has no members".to_string()),
+                    Err(SequenceError::NotOwner { owner, .. }) => Err(format!("room owner moved to {owner}")),
+                }
+            }
+            .await;
+            codec::encode(&AppAnswer::Published(result)).map_err(|e| e.to_string())
+        })
+    }
+
+    fn one_way(&self, from: &str, body: Vec<u8>) {
+        match codec::decode::<AppMessage>(&body) {
+            Ok(AppMessage::Deliver { room, epoch, offset, text }) => {
+                if let Ok(room) = RoomName::parse(&room) {
+                    self.hub.deliver(&room, Position { epoch, offset }, Utf8Bytes::from(text));
+                }
+            }
+            Ok(_) => debug!(peer = %from, "unexpected one-way message"),
+            Err(error) => debug!(peer = %from, %error, "undecodable one-way message"),
+        }
+    }
+}
