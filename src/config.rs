@@ -64,15 +64,40 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// Nodes of another cluster id are refused (gossip and peer links).
+    pub id: String,
     /// Gossip addresses of nodes to contact at start.
     pub seeds: Vec<String>,
-    /// How many nodes form the first Raft group; 1 is a single node.
+    /// How many nodes form the first Raft group; 1 is a single node (no
+    /// Raft, no gossip).
     pub bootstrap_expect: u32,
+    /// Raft voters the autopilot keeps (more nodes are learners).
+    pub voters: u32,
+    /// Gossip round interval; failure detection takes about 8 to 10 rounds.
+    pub gossip_interval_ms: u64,
+    /// Raft leader heartbeat interval.
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout range; a dead leader is replaced within about
+    /// the maximum plus one heartbeat.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries after which a Raft snapshot is taken and the log purged.
+    pub snapshot_every: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { seeds: Vec::new(), bootstrap_expect: 1 }
+        ClusterConfig {
+            id: "starling".into(),
+            seeds: Vec::new(),
+            bootstrap_expect: 1,
+            voters: 3,
+            gossip_interval_ms: 250,
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 10_000,
+        }
     }
 }
 
@@ -329,12 +354,7 @@ impl Config {
         if self.node.name.is_empty() || self.node.name.len() > 64 {
             return Err(key_error("node.name", "must be 1 to 64 characters"));
         }
-        if self.cluster.bootstrap_expect != 1 {
-            return Err(key_error(
-                "cluster.bootstrap_expect",
-                "this build runs single nodes only; clustering is not available yet",
-            ));
-        }
+        self.validate_cluster()?;
         let limits = &self.limits;
         let positive = [
             ("limits.max_connections", limits.max_connections),
@@ -376,6 +396,36 @@ impl Config {
             .map_err(|e| key_error("log.level", e.to_string()))?;
         self.validate_auth()?;
         self.validate_namespaces()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if cluster.bootstrap_expect == 0 {
+            return Err(key_error("cluster.bootstrap_expect", "must be at least 1"));
+        }
+        if !(1..=7).contains(&cluster.voters) {
+            return Err(key_error("cluster.voters", "must be 1 to 7 (3 or 5 recommended)"));
+        }
+        if cluster.id.is_empty() {
+            return Err(key_error("cluster.id", "must not be empty"));
+        }
+        if cluster.election_timeout_min_ms <= cluster.raft_heartbeat_ms
+            || cluster.election_timeout_max_ms <= cluster.election_timeout_min_ms
+        {
+            return Err(key_error(
+                "cluster.election_timeout_min_ms",
+                "need raft_heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
+            ));
+        }
+        if cluster.gossip_interval_ms == 0 || cluster.snapshot_every == 0 {
+            return Err(key_error("cluster", "gossip_interval_ms and snapshot_every must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// Whether this node runs as a cluster member (Raft and gossip).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.bootstrap_expect > 1 || !self.cluster.seeds.is_empty()
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

@@ -74,7 +74,8 @@ impl Router {
             Ok(position) => Ok(Some(position)),
             Err(SequenceError::NoRoom) => Ok(None),
             Err(SequenceError::NotOwner { owner, .. }) => {
-                let links = self.links.as_ref().ok_or_else(|| PublishError("room owner is unknown".into()))?;
+                let links =
+                    self.links.as_ref().ok_or_else(|| PublishError("room owner is unknown".into()))?;
                 links.forward_publish(&owner, room, data, from).await.map(Some)
             }
         }
@@ -116,7 +117,9 @@ impl PeerLinks {
         data: &RawValue,
         from: Option<MessageFrom<'_>>,
     ) -> Result<Position, PublishError> {
-        let addr = self.peer_addr(owner).ok_or_else(|| PublishError(format!("room owner {owner} is unreachable")))?;
+        let addr = self
+            .peer_addr(owner)
+            .ok_or_else(|| PublishError(format!("room owner {owner} is unreachable")))?;
         let message = AppMessage::Publish {
             room: room.to_string(),
             data: data.get().to_string(),

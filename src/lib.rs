@@ -6,6 +6,7 @@
 //! - [`protocol`]: the client wire contract v1 (frames, error and close codes); no I/O.
 //! - [`rooms`]: the pure room/presence state machine, `apply(command) -> effects`.
 //! - [`replicate`]: the one place room commands are ordered and applied.
+//! - [`cluster`]: gossip, Raft and peer links for a node, and the autopilot.
 //! - [`forward`]: publish routing to a room's owner node, and deliveries from it.
 //! - [`gateway`]: client WebSocket listener, admission, sessions, fan-out.
 //! - [`api`]: HTTP server API, health, readiness, metrics, demo page (warp).
@@ -21,6 +22,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod forward;
 pub mod gateway;

@@ -19,12 +19,15 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::auth::JwtVerifier;
+use crate::cluster::{Announce, Autopilot, ClusterRuntime};
 use crate::config::{Config, NamespacePolicies};
+use crate::forward::Router;
 use crate::gateway::{self, Gateway, GatewayParts, Hub, Sessions};
 use crate::protocol::CloseCode;
-use crate::forward::Router;
 use crate::replicate::{Replicator, SharedTable, TableStats};
 use crate::telemetry::{self, Metrics};
+use starling_cluster::membership::Membership;
+use starling_cluster::raft::RaftGroup;
 
 /// A running node.
 pub struct Node {
@@ -36,6 +39,10 @@ pub struct Node {
     stop_all: CancellationToken,
     connections: TaskTracker,
     background: TaskTracker,
+    /// In a cluster: Raft, gossip and peer links (taken at shutdown).
+    cluster: tokio::sync::Mutex<Option<ClusterRuntime>>,
+    /// What `/api/cluster` reads.
+    cluster_view: Option<(Arc<RaftGroup>, Arc<Membership>)>,
 }
 
 /// Counts a test or an operator can check, e.g. that everything returns to
@@ -93,8 +100,17 @@ impl Node {
             metrics.clone(),
         ));
         let shared = SharedTable::new(Arc::clone(&hub));
-        let replicator = Arc::new(Replicator::local(shared));
-        let router = Arc::new(Router::local(Arc::clone(&hub)));
+        let stop_all = CancellationToken::new();
+        let background = TaskTracker::new();
+        let (replicator, router, cluster) = if config.is_cluster() {
+            let announce = Announce { client: client_addr, api: api_addr };
+            let runtime = ClusterRuntime::start(&config, incarnation, &hub, &shared, announce).await?;
+            let replicator = Arc::new(Replicator::raft(Arc::clone(&shared), Arc::clone(&runtime.group)));
+            let router = Arc::new(Router::cluster(Arc::clone(&hub), Arc::clone(&runtime.links)));
+            (replicator, router, Some(runtime))
+        } else {
+            (Arc::new(Replicator::local(shared)), Arc::new(Router::local(Arc::clone(&hub))), None)
+        };
         let gateway = Arc::new(Gateway::new(GatewayParts {
             config: Arc::clone(&config),
             incarnation,
@@ -102,18 +118,35 @@ impl Node {
             namespaces,
             sessions,
             hub,
-            replicator,
+            replicator: Arc::clone(&replicator),
             router,
             metrics,
         }));
+        if let Some(runtime) = &cluster {
+            let sessions = Arc::clone(&gateway.sessions);
+            let autopilot = Autopilot {
+                name: config.node.name.clone(),
+                incarnation,
+                bootstrap_expect: config.cluster.bootstrap_expect as usize,
+                voters: config.cluster.voters as usize,
+                group: Arc::clone(&runtime.group),
+                membership: Arc::clone(&runtime.membership),
+                links: Arc::clone(&runtime.links),
+                replicator,
+                connections: Arc::new(move || sessions.len()),
+            };
+            background.spawn(autopilot.run(stop_all.clone()));
+        }
 
         let node = Node {
             gateway: Arc::clone(&gateway),
             client_addr,
             api_addr,
-            stop_all: CancellationToken::new(),
+            stop_all,
             connections: TaskTracker::new(),
-            background: TaskTracker::new(),
+            background,
+            cluster_view: cluster.as_ref().map(|c| (Arc::clone(&c.group), Arc::clone(&c.membership))),
+            cluster: tokio::sync::Mutex::new(cluster),
         };
         let accept = gateway::serve(
             client_listener,
@@ -131,6 +164,7 @@ impl Node {
             api_key,
             demo_secret,
             client_addr,
+            cluster: node.cluster_view.clone(),
         });
         let stop_api = node.stop_all.clone();
         let server = warp::serve(api::routes(state))
@@ -160,6 +194,16 @@ impl Node {
         self.api_addr
     }
 
+    /// The gossip address actually bound (cluster mode only).
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.cluster_view.as_ref().map(|(_, membership)| membership.gossip_addr())
+    }
+
+    /// The current Raft leader's name (cluster mode only).
+    pub fn leader(&self) -> Option<String> {
+        self.cluster_view.as_ref().and_then(|(group, _)| group.leader_name())
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
@@ -173,6 +217,23 @@ impl Node {
             subscriptions: hub.subscription_count(),
             table: self.gateway.replicator.stats(),
         }
+    }
+
+    /// Stops at once, as a crash would: Raft and gossip first (so nothing
+    /// this node's sessions do afterwards reaches the cluster), then every
+    /// task, with no drain and no close frames. For failure tests.
+    pub async fn kill(self) {
+        if let Some(cluster) = self.cluster.lock().await.take() {
+            cluster.shutdown().await;
+        }
+        self.stop_all.cancel();
+        self.connections.close();
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            self.connections.wait().await;
+            self.background.wait().await;
+        })
+        .await;
     }
 
     /// Drains and stops: refuses new upgrades, closes clients with 1012
@@ -214,6 +275,9 @@ impl Node {
         .is_err()
         {
             warn!("tasks still running after the shutdown deadline");
+        }
+        if let Some(cluster) = self.cluster.lock().await.take() {
+            cluster.shutdown().await;
         }
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     }

@@ -202,6 +202,11 @@ impl Replicator {
         f(state.table.snapshot(room))
     }
 
+    /// Every (node, incarnation) that hosts members, as applied here.
+    pub fn node_incarnations(&self) -> std::collections::BTreeSet<(Arc<str>, u64)> {
+        self.shared.lock().table.node_incarnations()
+    }
+
     pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
         self.shared.lock().table.is_member(room, conn)
     }

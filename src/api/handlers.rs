@@ -94,7 +94,9 @@ pub async fn publish(state: &ApiState, body: &[u8]) -> Response {
     // epoch 0 says so.
     let position = match state.gateway.router.publish(&room, data, None, received_at).await {
         Ok(position) => position.unwrap_or(Position { epoch: 0, offset: 0 }),
-        Err(error) => return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.0),
+        Err(error) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.0)
+        }
     };
     warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch}))
         .into_response()
@@ -113,7 +115,11 @@ pub async fn presence(state: &ApiState, room: &str) -> Response {
     let members = match state.gateway.replicator.presence(&room).await {
         Ok(snapshot) => snapshot.map(|s| s.members).unwrap_or_default(),
         Err(error) => {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.to_string())
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                &error.to_string(),
+            )
         }
     };
     let body = serde_json::json!({ "members": wire_member_list(&members) });
@@ -121,6 +127,9 @@ pub async fn presence(state: &ApiState, room: &str) -> Response {
 }
 
 pub fn cluster(state: &ApiState) -> Response {
+    if let Some((group, membership)) = &state.cluster {
+        return warp::reply::json(&crate::cluster::view(group, membership)).into_response();
+    }
     let gateway = &state.gateway;
     let body = serde_json::json!({
         "leader": &*gateway.node,

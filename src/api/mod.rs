@@ -30,6 +30,9 @@ pub struct ApiState {
     pub demo_secret: Option<String>,
     /// The bound client listener, for the demo page's WebSocket URL.
     pub client_addr: std::net::SocketAddr,
+    /// In a cluster: the Raft group and gossip, for `/api/cluster`.
+    pub cluster:
+        Option<(Arc<starling_cluster::raft::RaftGroup>, Arc<starling_cluster::membership::Membership>)>,
 }
 
 /// All routes of the API listener.

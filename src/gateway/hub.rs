@@ -110,8 +110,16 @@ impl Hub {
         for effect in effects {
             match effect {
                 Effect::RoomOpened { room, epoch, owner } => {
-                    let local = LocalRoom { epoch: *epoch, owner: owner.clone(), last_offset: 0, subscribers: Vec::new() };
-                    self.rooms.write().unwrap_or_else(|p| p.into_inner()).insert(room.clone(), Arc::new(Mutex::new(local)));
+                    let local = LocalRoom {
+                        epoch: *epoch,
+                        owner: owner.clone(),
+                        last_offset: 0,
+                        subscribers: Vec::new(),
+                    };
+                    self.rooms
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(room.clone(), Arc::new(Mutex::new(local)));
                 }
                 Effect::Joined { room, member, .. } => self.on_joined(room, member),
                 Effect::Left { room, member, .. } => self.on_left(room, member),
@@ -184,7 +192,8 @@ impl Hub {
                 .filter(|m| self.is_local(m))
                 .filter_map(|m| self.sessions.get(m.conn))
                 .collect();
-            let local = LocalRoom { epoch: snapshot.epoch, owner: snapshot.owner.clone(), last_offset, subscribers };
+            let local =
+                LocalRoom { epoch: snapshot.epoch, owner: snapshot.owner.clone(), last_offset, subscribers };
             rebuilt.insert(name, Arc::new(Mutex::new(local)));
         }
         *rooms = rebuilt;
@@ -229,7 +238,9 @@ impl Hub {
             return;
         };
         let mut local = lock(&local);
-        if position.epoch < local.epoch || (position.epoch == local.epoch && position.offset <= local.last_offset) {
+        if position.epoch < local.epoch
+            || (position.epoch == local.epoch && position.offset <= local.last_offset)
+        {
             return;
         }
         local.epoch = position.epoch;
@@ -287,7 +298,12 @@ impl Hub {
 
 /// The wire view of a member record.
 pub fn wire_member(member: &MemberRecord) -> protocol::Member<'_> {
-    protocol::Member { user: &member.user, conn: member.conn, node: &member.node, meta: meta_json(&member.meta) }
+    protocol::Member {
+        user: &member.user,
+        conn: member.conn,
+        node: &member.node,
+        meta: meta_json(&member.meta),
+    }
 }
 
 /// The wire view of a member list.

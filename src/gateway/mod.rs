@@ -27,8 +27,8 @@ pub use sessions::{SessionEntry, Sessions};
 
 use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::config::{Config, NamespacePolicies};
-use crate::protocol::ConnId;
 use crate::forward::Router;
+use crate::protocol::ConnId;
 use crate::replicate::Replicator;
 use crate::telemetry::Metrics;
 

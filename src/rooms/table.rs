@@ -320,6 +320,14 @@ impl RoomTable {
         self.rooms.len()
     }
 
+    /// Every (node, incarnation) that hosts at least one member.
+    pub fn node_incarnations(&self) -> std::collections::BTreeSet<(Arc<str>, u64)> {
+        self.rooms
+            .values()
+            .flat_map(|room| room.members.values().map(|m| (m.node.clone(), m.incarnation)))
+            .collect()
+    }
+
     pub fn member_count(&self) -> usize {
         self.rooms.values().map(|r| r.members.len()).sum()
     }

@@ -194,7 +194,9 @@ impl RaftGroup {
                 };
                 match result {
                     Ok(index) => return Ok(index),
-                    Err(ProposeRefusal::NotLeader { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(ProposeRefusal::NotLeader { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
                     Err(ProposeRefusal::Failed(reason)) => return Err(ProposeError::Unavailable(reason)),
                 }
             }
@@ -219,7 +221,8 @@ impl RaftGroup {
     async fn read_index_from(&self, leader: NodeId) -> Result<u64, ProposeRefusal> {
         let node = self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
         let node = node.ok_or(ProposeRefusal::NotLeader { leader: None })?;
-        let body = codec::encode(&PeerMessage::ReadIndex).map_err(|e| ProposeRefusal::Failed(e.to_string()))?;
+        let body =
+            codec::encode(&PeerMessage::ReadIndex).map_err(|e| ProposeRefusal::Failed(e.to_string()))?;
         let answer = self.transport.request(&node.peer_addr, body, self.propose_timeout).await;
         match answer.map(|bytes| codec::decode::<PeerAnswer>(&bytes)) {
             Ok(Ok(PeerAnswer::ReadIndex(result))) => result,

@@ -1,0 +1,144 @@
+//! A three-node cluster in one process, with real listeners (TCP peer
+//! links, UDP gossip, WebSocket clients): guarantees G1 to G4 across nodes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use starling::{Config, Node};
+use starling_client::Event;
+
+fn cluster_config(name: &str, seeds: Vec<String>) -> Config {
+    let mut config = test_config();
+    config.node.name = name.into();
+    let dir =
+        std::env::temp_dir().join(format!("starling-cluster-{}-{name}-{}", std::process::id(), unique()));
+    config.node.data_dir = dir;
+    config.listen.peer = "127.0.0.1:0".parse().unwrap();
+    config.listen.gossip = "127.0.0.1:0".parse().unwrap();
+    config.cluster.bootstrap_expect = 3;
+    config.cluster.seeds = seeds;
+    config.limits.publish_per_second = 10_000.0;
+    config.limits.publish_burst = 10_000;
+    config
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Starts three nodes seeded from the first and waits for one agreed leader.
+async fn start_cluster() -> Vec<Node> {
+    let first = start(cluster_config("node-1", Vec::new())).await;
+    let seed = first.gossip_addr().unwrap().to_string();
+    let second = start(cluster_config("node-2", vec![seed.clone()])).await;
+    let third = start(cluster_config("node-3", vec![seed])).await;
+    let nodes = vec![first, second, third];
+    wait_until("one leader known to every node", || {
+        let leaders: Vec<_> = nodes.iter().map(|n| n.leader()).collect();
+        leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
+    })
+    .await;
+    nodes
+}
+
+async fn stop_all(nodes: Vec<Node>) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_form_one_group_and_a_join_is_visible_in_presence_on_every_node() {
+    let nodes = start_cluster().await;
+    let (alice, _events) = connect_as(&nodes[0], "alice").await;
+    assert_eq!(alice.welcome().node, "node-1");
+    alice.join("chat:g1", Some(json!({"n": 1}))).await.unwrap();
+    // G1: right after the join reply, presence on any node includes alice.
+    for node in &nodes[1..] {
+        let (reader, _) = connect_as(node, "reader").await;
+        let members = reader.presence("chat:g1").await.unwrap();
+        assert!(members.iter().any(|m| m.user == "alice" && m.node == "node-1"), "{members:?}");
+    }
+    let cluster = api(&nodes[2], "GET", "/api/cluster", "").await.json();
+    assert_eq!(cluster["nodes"].as_array().unwrap().len(), 3, "{cluster}");
+    assert!(cluster["leader"].is_string(), "{cluster}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_published_on_any_node_reach_every_member_once_in_one_gapless_order() {
+    const EACH: usize = 30;
+    let nodes = start_cluster().await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (client, events) = connect_as(node, &format!("user{i}")).await;
+        client.join("chat:g2", None).await.unwrap();
+        members.push((client, events));
+    }
+    // Everyone joined before anyone publishes (G2 is about after the reply).
+    let mut tasks = Vec::new();
+    for (i, (client, _)) in members.iter().enumerate() {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                client.publish("chat:g2", json!({"p": i, "n": n})).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = EACH * members.len();
+    let mut orders = Vec::new();
+    for (_, events) in members.iter_mut() {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            if let Event::Message(m) = next_event(events).await {
+                seen.push((m.epoch, m.offset, m.data));
+            }
+        }
+        let offsets: Vec<u64> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>(), "gapless, in order, once");
+        orders.push(seen);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "every member saw the same order");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_members_leave_presence_everywhere_with_left_events_within_five_seconds() {
+    let mut nodes = start_cluster().await;
+    // Kill a follower so this test is about eviction, not failover.
+    let leader = nodes[0].leader().unwrap();
+    let victim_index = nodes.iter().position(|n| n.gateway().node.as_ref() != leader).unwrap();
+    let (doomed, _doomed_events) = connect_as(&nodes[victim_index], "doomed").await;
+    doomed.join("chat:g4", None).await.unwrap();
+    let mut observers = Vec::new();
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != victim_index) {
+        let (client, events) = connect_as(node, &format!("observer{i}")).await;
+        client.join("chat:g4", None).await.unwrap();
+        observers.push((client, events));
+    }
+    let victim = nodes.remove(victim_index);
+    let killed_at = Instant::now();
+    victim.kill().await;
+    for (client, events) in observers.iter_mut() {
+        let left = next_matching(events, |e| match e {
+            Event::Left { member, .. } if member.user == "doomed" => Some(member),
+            _ => None,
+        })
+        .await;
+        assert_eq!(left.user, "doomed");
+        let members = client.presence("chat:g4").await.unwrap();
+        assert!(members.iter().all(|m| m.user != "doomed"), "{members:?}");
+    }
+    let elapsed = killed_at.elapsed();
+    eprintln!("presence converged {elapsed:?} after the kill");
+    assert!(elapsed < Duration::from_secs(5), "G4: converged in {elapsed:?}");
+    stop_all(nodes).await;
+}
