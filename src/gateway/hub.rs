@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
-use crate::protocol::{self, ConnId, MessageFrom, RoomName};
-use crate::rooms::{Effect, MemberRecord, RoomTable};
+use crate::protocol::{self, CloseCode, ConnId, MessageFrom, RoomName};
+use crate::rooms::{Effect, LeaveReason, MemberRecord, RoomTable};
 use crate::telemetry::Metrics;
 
 /// Where a room's message stream stands: the next message gets `offset + 1`.
@@ -122,7 +122,7 @@ impl Hub {
                         .insert(room.clone(), Arc::new(Mutex::new(local)));
                 }
                 Effect::Joined { room, member, .. } => self.on_joined(room, member),
-                Effect::Left { room, member, .. } => self.on_left(room, member),
+                Effect::Left { room, member, reason } => self.on_left(room, member, *reason),
                 Effect::OwnerChanged { room, epoch, owner } => {
                     if let Some(local) = self.room(room) {
                         let mut local = lock(&local);
@@ -158,14 +158,20 @@ impl Hub {
         }
     }
 
-    fn on_left(&self, room: &RoomName, member: &MemberRecord) {
+    fn on_left(&self, room: &RoomName, member: &MemberRecord, reason: LeaveReason) {
         let Some(local) = self.room(room) else {
             return;
         };
         let mut local = lock(&local);
         if self.is_local(member) {
             if let Some(i) = local.subscribers.iter().position(|s| s.conn == member.conn) {
-                local.subscribers.swap_remove(i);
+                let session = local.subscribers.swap_remove(i);
+                if reason == LeaveReason::NodeEvicted {
+                    // The cluster took this node for dead (it was paused or
+                    // cut off) and removed its members; its clients must
+                    // reconnect and join again to be members anywhere.
+                    session.outbound.close(CloseCode::Restarting);
+                }
             }
         }
         if self.events_enabled(room) && !local.subscribers.is_empty() {
