@@ -205,15 +205,22 @@ impl Autopilot {
                     None => return,
                 },
                 _ = tick.tick() => {
-                    self.bootstrap_if_due().await;
-                    if !evicted_previous_self {
-                        evicted_previous_self = self.evict_previous_self().await;
+                    // Proposals can wait for a quorum; stopping must not.
+                    let reconcile = async {
+                        self.bootstrap_if_due().await;
+                        if !evicted_previous_self {
+                            evicted_previous_self = self.evict_previous_self().await;
+                        }
+                        if self.group.is_leader() {
+                            self.evict_departed(&mut departed).await;
+                            self.add_and_promote().await;
+                        }
+                        self.publish_state().await;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = reconcile => {}
                     }
-                    if self.group.is_leader() {
-                        self.evict_departed(&mut departed).await;
-                        self.add_and_promote().await;
-                    }
-                    self.publish_state().await;
                 }
             }
         }
@@ -227,6 +234,11 @@ impl Autopilot {
             return;
         }
         let mut live = self.membership.live_members();
+        // A group already exists if anyone is in one: this node (with an
+        // empty data dir) must be added by that group's leader instead.
+        if live.iter().any(|m| m.role == "leader" || m.role == "follower") {
+            return;
+        }
         live.sort_by(|a, b| a.name.cmp(&b.name));
         if live.len() < self.bootstrap_expect || live[0].name != self.name {
             return;

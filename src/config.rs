@@ -417,6 +417,16 @@ impl Config {
                 "need raft_heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
             ));
         }
+        if self.is_cluster() {
+            for (key, addr) in [("listen.peer", self.listen.peer), ("listen.gossip", self.listen.gossip)] {
+                if addr.ip().is_unspecified() {
+                    return Err(key_error(
+                        key,
+                        "must be an address other nodes can reach, not 0.0.0.0 or ::",
+                    ));
+                }
+            }
+        }
         if cluster.gossip_interval_ms == 0 || cluster.snapshot_every == 0 {
             return Err(key_error("cluster", "gossip_interval_ms and snapshot_every must be greater than 0"));
         }

@@ -45,7 +45,8 @@ enum AppAnswer {
 }
 
 /// How long a forwarded publish may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer than the owner's catch-up wait (`replicate::CATCH_UP_TIMEOUT`).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Sequences or forwards publishes.
 pub struct Router {
@@ -98,6 +99,7 @@ impl PeerLinks {
 
     pub fn set_peer(&self, name: &str, peer_addr: &str) {
         if name != self.me {
+            self.transport.warm(peer_addr);
             self.peers.write().unwrap_or_else(|p| p.into_inner()).insert(name.into(), peer_addr.into());
         }
     }

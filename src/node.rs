@@ -53,7 +53,7 @@ pub struct NodeStats {
     pub sessions: usize,
     /// Session tasks still running (including ones in their handshake).
     pub connection_tasks: usize,
-    /// Rooms with members on this node, in the fan-out hub.
+    /// Rooms mirrored by the fan-out hub (every room of the cluster).
     pub local_rooms: usize,
     /// Local (room, connection) subscriptions in the hub.
     pub subscriptions: usize,

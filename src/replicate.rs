@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use starling_cluster::codec;
 use starling_cluster::raft::{Applier, RaftGroup};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::gateway::Hub;
@@ -79,6 +79,21 @@ impl SharedTable {
         (index, effects)
     }
 
+    /// Applies a Raft entry's batch; the applied index becomes `index`.
+    fn apply_batch(&self, index: u64, commands: Vec<RoomCommand>) -> Vec<Vec<Effect>> {
+        let mut state = self.lock();
+        let mut all = Vec::with_capacity(commands.len());
+        for (position, command) in commands.into_iter().enumerate().take(MAX_BATCH) {
+            let effects = state.table.apply(table_index(index, position), command);
+            self.hub.apply_effects(&effects);
+            all.push(effects);
+        }
+        state.last_index = index;
+        drop(state);
+        self.applied_tx.send_replace(index);
+        all
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied_tx.borrow()
     }
@@ -94,29 +109,39 @@ impl SharedTable {
     }
 }
 
-/// What the proposer of a command gets back through Raft.
+/// What the proposers of one batch get back through Raft: the log index of
+/// the batch and each command's effects, in order.
 #[derive(Serialize, Deserialize)]
-struct AppliedCommand {
+struct AppliedBatch {
     index: u64,
-    effects: Vec<Effect>,
+    effects: Vec<Vec<Effect>>,
+}
+
+/// Commands per Raft entry at most.
+const MAX_BATCH: usize = 1024;
+/// Batches proposed and not yet committed, at most.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// The table index of command `position` of the batch at log `index`: room
+/// epochs come from it, so every command needs its own.
+fn table_index(index: u64, position: usize) -> u64 {
+    debug_assert!(position < MAX_BATCH);
+    index * MAX_BATCH as u64 + position as u64
 }
 
 /// The room table behind a Raft state machine.
 pub struct TableApplier(pub Arc<SharedTable>);
 
 impl Applier for TableApplier {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        let effects = match codec::decode::<RoomCommand>(command) {
-            Ok(command) => self.0.apply(Some(index), command).1,
-            Err(error) => {
-                // Every node fails the same way on the same bytes, so the
-                // tables stay equal; the entry is skipped.
-                warn!(index, %error, "undecodable room command skipped");
-                self.0.applied_tx.send_replace(index);
-                Vec::new()
-            }
-        };
-        codec::encode(&AppliedCommand { index, effects }).unwrap_or_default()
+    fn apply(&mut self, index: u64, batch: &[u8]) -> Vec<u8> {
+        let commands = codec::decode::<Vec<RoomCommand>>(batch).unwrap_or_else(|error| {
+            // Every node fails the same way on the same bytes, so the
+            // tables stay equal; the entry is skipped.
+            warn!(index, %error, "undecodable room command batch skipped");
+            Vec::new()
+        });
+        let effects = self.0.apply_batch(index, commands);
+        codec::encode(&AppliedBatch { index, effects }).unwrap_or_default()
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -144,8 +169,70 @@ pub struct Replicator {
 enum Backend {
     /// A single node: the log is this process's apply order.
     Local,
-    /// A cluster member: commands go through the Raft group.
-    Raft(Arc<RaftGroup>),
+    /// A cluster member: commands go through the Raft group, batched.
+    Raft { group: Arc<RaftGroup>, proposals_tx: mpsc::UnboundedSender<Proposal> },
+}
+
+/// One command waiting to be batched, and where its effects go.
+struct Proposal {
+    command: RoomCommand,
+    reply_tx: oneshot::Sender<Result<Vec<Effect>, ReplicateError>>,
+}
+
+/// Gathers the proposals queued at this node into batches: one Raft entry
+/// (and one forward to the leader) carries up to `MAX_BATCH` commands, and
+/// up to `BATCHES_IN_FLIGHT` batches are under way at once. No timer: a
+/// batch is whatever queued while the previous ones were in flight.
+async fn run_batcher(
+    group: Arc<RaftGroup>,
+    shared: Arc<SharedTable>,
+    mut proposals_rx: mpsc::UnboundedReceiver<Proposal>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = proposals_rx.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match proposals_rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (group, shared) = (Arc::clone(&group), Arc::clone(&shared));
+        tokio::spawn(async move {
+            let (commands, waiters): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply_tx)).unzip();
+            let result = propose_batch(&group, &shared, &commands).await;
+            drop(permit);
+            match result {
+                Ok(effects) => {
+                    for (waiter, effects) in waiters.into_iter().zip(effects) {
+                        let _ = waiter.send(Ok(effects));
+                    }
+                }
+                Err(error) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn propose_batch(
+    group: &RaftGroup,
+    shared: &SharedTable,
+    commands: &[RoomCommand],
+) -> Result<Vec<Vec<Effect>>, ReplicateError> {
+    let bytes = codec::encode(&commands).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+    let response = group.propose(bytes).await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+    let applied: AppliedBatch =
+        codec::decode(&response).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+    // The leader applied it; make it visible here before answering, so a
+    // read on this node sees the caller's own write.
+    shared.wait_applied(applied.index).await?;
+    Ok(applied.effects)
 }
 
 impl Replicator {
@@ -153,8 +240,11 @@ impl Replicator {
         Replicator { shared, backend: Backend::Local }
     }
 
+    /// Must be called inside a tokio runtime (it starts the batcher task).
     pub fn raft(shared: Arc<SharedTable>, group: Arc<RaftGroup>) -> Replicator {
-        Replicator { shared, backend: Backend::Raft(group) }
+        let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_batcher(Arc::clone(&group), Arc::clone(&shared), proposals_rx));
+        Replicator { shared, backend: Backend::Raft { group, proposals_tx } }
     }
 
     pub fn shared(&self) -> &Arc<SharedTable> {
@@ -164,24 +254,21 @@ impl Replicator {
     /// Proposes `command` and waits until it is applied on this node;
     /// returns its effects.
     pub async fn propose(&self, command: RoomCommand) -> Result<Vec<Effect>, ReplicateError> {
-        let group = match &self.backend {
+        let proposals_tx = match &self.backend {
             Backend::Local => return Ok(self.shared.apply(None, command).1),
-            Backend::Raft(group) => group,
+            Backend::Raft { proposals_tx, .. } => proposals_tx,
         };
-        let bytes = codec::encode(&command).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
-        let response = group.propose(bytes).await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
-        let applied: AppliedCommand =
-            codec::decode(&response).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
-        // The leader applied it; make it visible here before answering, so a
-        // read on this node sees the caller's own write.
-        self.shared.wait_applied(applied.index).await?;
-        Ok(applied.effects)
+        let (reply_tx, reply_rx) = oneshot::channel();
+        proposals_tx
+            .send(Proposal { command, reply_tx })
+            .map_err(|_| ReplicateError::Unavailable("node is stopping".into()))?;
+        reply_rx.await.unwrap_or_else(|_| Err(ReplicateError::Unavailable("node is stopping".into())))
     }
 
     /// A room as of a linearizable read: in a cluster, everything committed
     /// before the read started is applied here first.
     pub async fn presence(&self, room: &RoomName) -> Result<Option<RoomSnapshot>, ReplicateError> {
-        if let Backend::Raft(group) = &self.backend {
+        if let Backend::Raft { group, .. } = &self.backend {
             let index = group.read_index().await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
             self.shared.wait_applied(index).await?;
         }
@@ -225,14 +312,14 @@ impl Replicator {
     pub fn is_ready(&self) -> bool {
         match &self.backend {
             Backend::Local => true,
-            Backend::Raft(group) => group.metrics().borrow().current_leader.is_some(),
+            Backend::Raft { group, .. } => group.metrics().borrow().current_leader.is_some(),
         }
     }
 
     pub fn group(&self) -> Option<&Arc<RaftGroup>> {
         match &self.backend {
             Backend::Local => None,
-            Backend::Raft(group) => Some(group),
+            Backend::Raft { group, .. } => Some(group),
         }
     }
 }

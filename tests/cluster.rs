@@ -37,19 +37,26 @@ async fn start_cluster() -> Vec<Node> {
     let seed = first.gossip_addr().unwrap().to_string();
     let second = start(cluster_config("node-2", vec![seed.clone()])).await;
     let third = start(cluster_config("node-3", vec![seed])).await;
+    let began = Instant::now();
     let nodes = vec![first, second, third];
     wait_until("one leader known to every node", || {
         let leaders: Vec<_> = nodes.iter().map(|n| n.leader()).collect();
         leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
     })
     .await;
+    eprintln!("leader agreed in {:?}", began.elapsed());
     nodes
 }
 
+/// Drains every node at once, so the cluster keeps its quorum while the
+/// nodes' last disconnects commit.
 async fn stop_all(nodes: Vec<Node>) {
-    for node in nodes {
-        node.shutdown().await;
+    let began = Instant::now();
+    let stopping: Vec<_> = nodes.into_iter().map(|node| tokio::spawn(node.shutdown())).collect();
+    for stop in stopping {
+        stop.await.unwrap();
     }
+    eprintln!("stopped in {:?}", began.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -140,5 +147,52 @@ async fn a_killed_nodes_members_leave_presence_everywhere_with_left_events_withi
     let elapsed = killed_at.elapsed();
     eprintln!("presence converged {elapsed:?} after the kill");
     assert!(elapsed < Duration::from_secs(5), "G4: converged in {elapsed:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_room_owner_dies_a_new_owner_sequences_in_a_new_epoch_and_members_agree() {
+    let mut nodes = start_cluster().await;
+    // The first joiner's node owns the room: make it the current leader, so
+    // this also covers a leader failover.
+    let leader = nodes[0].leader().unwrap();
+    let owner_index = nodes.iter().position(|n| *n.gateway().node == *leader).unwrap();
+    let (owner_client, _owner_events) = connect_as(&nodes[owner_index], "owner").await;
+    owner_client.join("chat:owner", None).await.unwrap();
+    let mut survivors = Vec::new();
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != owner_index) {
+        let (client, events) = connect_as(node, &format!("survivor{i}")).await;
+        client.join("chat:owner", None).await.unwrap();
+        survivors.push((client, events));
+    }
+    let before = survivors[0].0.publish("chat:owner", json!("before")).await.unwrap();
+    let victim = nodes.remove(owner_index);
+    let killed_at = Instant::now();
+    victim.kill().await;
+    // Publish from a survivor until the room has a new owner (retrying the
+    // documented, retryable `unavailable`).
+    let after = within("a publish succeeds after the owner died", async {
+        loop {
+            match survivors[0].0.publish("chat:owner", json!("after")).await {
+                Ok(position) => return position,
+                Err(error) if error.code() == Some("unavailable") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("publish failed: {error}"),
+            }
+        }
+    })
+    .await;
+    eprintln!("first publish after the owner's death: {:?}", killed_at.elapsed());
+    assert!(after.epoch > before.epoch, "a new epoch: {before:?} then {after:?}");
+    assert_eq!(after.offset, 1, "the new epoch starts at offset 1");
+    for (_, events) in survivors.iter_mut() {
+        let seen = next_matching(events, |e| match e {
+            Event::Message(m) if m.data == json!("after") => Some((m.epoch, m.offset)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(seen, (after.epoch, after.offset));
+    }
     stop_all(nodes).await;
 }

@@ -15,8 +15,12 @@ use crate::ws::{connect, cpu_seconds, rss_bytes};
 
 #[derive(Args, Clone)]
 pub struct FanoutArgs {
+    /// WebSocket URL(s), comma-separated; members are spread over them.
     #[arg(long)]
     url: String,
+    /// Where the publishers connect (default: the first `--url`).
+    #[arg(long)]
+    publish_url: Option<String>,
     /// A token that allows `--namespace:*` for the whole run.
     #[arg(long)]
     token: String,
@@ -75,9 +79,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     let start_cell: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
 
+    let urls: Vec<String> = args.url.split(',').map(str::to_string).collect();
+    let publish_url = args.publish_url.clone().unwrap_or_else(|| urls[0].clone());
     let mut members = Vec::new();
     for i in 0..args.members {
-        let (url, token, room) = (args.url.clone(), args.token.clone(), room_name(i % args.rooms));
+        let (url, token, room) =
+            (urls[i % urls.len()].clone(), args.token.clone(), room_name(i % args.rooms));
         let (gate, ready, mut stop, start_cell) =
             (gate.clone(), ready_tx.clone(), stop_rx.clone(), start_cell.clone());
         members.push(tokio::spawn(async move {
@@ -145,7 +152,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     let mut publishers = Vec::new();
     let mut drains = Vec::new();
     for r in 0..args.rooms {
-        let mut ws = connect(&args.url, &args.token).await?;
+        let mut ws = connect(&publish_url, &args.token).await?;
         ws.send(Message::text(json!({"type":"join","id":1,"room":room_name(r)}).to_string())).await?;
         let (sink, mut stream) = ws.split();
         drains.push(tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} }));

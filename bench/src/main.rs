@@ -12,6 +12,7 @@
 
 mod fanout;
 mod idle;
+mod joins;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Fan-out throughput and latency.
     Fanout(fanout::FanoutArgs),
+    /// Join throughput and join-reply latency.
+    Joins(joins::JoinsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Idle(args) => idle::run(args).await,
             Command::Fanout(args) => fanout::run(args).await,
+            Command::Joins(args) => joins::run(args).await,
         }
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);

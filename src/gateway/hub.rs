@@ -48,6 +48,7 @@ pub enum SequenceError {
 struct LocalRoom {
     epoch: u64,
     owner: Arc<str>,
+    owner_incarnation: u64,
     /// The offset of the last message sequenced or delivered in this epoch.
     last_offset: u64,
     subscribers: Vec<Arc<SessionEntry>>,
@@ -109,10 +110,11 @@ impl Hub {
     pub fn apply_effects(&self, effects: &[Effect]) {
         for effect in effects {
             match effect {
-                Effect::RoomOpened { room, epoch, owner } => {
+                Effect::RoomOpened { room, epoch, owner, owner_incarnation } => {
                     let local = LocalRoom {
                         epoch: *epoch,
                         owner: owner.clone(),
+                        owner_incarnation: *owner_incarnation,
                         last_offset: 0,
                         subscribers: Vec::new(),
                     };
@@ -123,10 +125,11 @@ impl Hub {
                 }
                 Effect::Joined { room, member, .. } => self.on_joined(room, member),
                 Effect::Left { room, member, reason } => self.on_left(room, member, *reason),
-                Effect::OwnerChanged { room, epoch, owner } => {
+                Effect::OwnerChanged { room, epoch, owner, owner_incarnation } => {
                     if let Some(local) = self.room(room) {
                         let mut local = lock(&local);
                         local.owner = owner.clone();
+                        local.owner_incarnation = *owner_incarnation;
                         // A delivery from the new owner may have arrived first.
                         if local.epoch < *epoch {
                             local.epoch = *epoch;
@@ -198,8 +201,13 @@ impl Hub {
                 .filter(|m| self.is_local(m))
                 .filter_map(|m| self.sessions.get(m.conn))
                 .collect();
-            let local =
-                LocalRoom { epoch: snapshot.epoch, owner: snapshot.owner.clone(), last_offset, subscribers };
+            let local = LocalRoom {
+                epoch: snapshot.epoch,
+                owner: snapshot.owner.clone(),
+                owner_incarnation: snapshot.owner_incarnation,
+                last_offset,
+                subscribers,
+            };
             rebuilt.insert(name, Arc::new(Mutex::new(local)));
         }
         *rooms = rebuilt;
@@ -216,7 +224,9 @@ impl Hub {
     ) -> Result<Position, SequenceError> {
         let local = self.room(room).ok_or(SequenceError::NoRoom)?;
         let mut local = lock(&local);
-        if *local.owner != *self.node {
+        if *local.owner != *self.node || local.owner_incarnation != self.incarnation {
+            // An earlier incarnation of this node may own it: the room then
+            // waits for that incarnation's eviction to get a new owner.
             return Err(SequenceError::NotOwner { owner: local.owner.clone(), epoch: local.epoch });
         }
         local.last_offset += 1;

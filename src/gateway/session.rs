@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 
 use super::admission::Admission;
 use super::hub::{wire_member_list, Position};
@@ -97,7 +97,7 @@ pub async fn run<S, R>(
             })
             .await;
         }
-        session.leave_all().await;
+        session.leave_all(&shutdown).await;
         gateway.sessions.remove(conn);
         gateway.metrics.connections.decrement(1.0);
         drop(permit);
@@ -147,6 +147,9 @@ struct Session {
     request_bucket: TokenBucket,
     /// Consecutive rate-limited requests.
     strikes: u32,
+    /// Whether a join was ever proposed (it may have committed even if the
+    /// session ended before its reply).
+    proposed_join: bool,
 }
 
 impl Session {
@@ -161,6 +164,7 @@ impl Session {
             claims,
             rooms: HashSet::new(),
             strikes: 0,
+            proposed_join: false,
         }
     }
 
@@ -334,6 +338,7 @@ impl Session {
             meta: meta.into(),
         };
         let command = RoomCommand::Join { room: room.clone(), member, max_members };
+        self.proposed_join = true;
         let effects = self.gateway.replicator.propose(command).await.map_err(unavailable)?;
         let epoch = effects.iter().find_map(|effect| match effect {
             Effect::Joined { epoch, .. } | Effect::AlreadyJoined { epoch, .. } => Some(*epoch),
@@ -418,15 +423,32 @@ impl Session {
     }
 
     /// Removes the connection from every room it is in.
-    async fn leave_all(&mut self) {
-        if self.rooms.is_empty() {
+    /// Retried a few times (a cluster may be electing a leader); if it
+    /// still fails the members stay until this node's incarnation is evicted.
+    async fn leave_all(&mut self, shutdown: &CancellationToken) {
+        if self.rooms.is_empty() && !self.proposed_join {
             return;
         }
-        let command = RoomCommand::ConnGone { conn: self.entry.conn };
-        match self.gateway.replicator.propose(command).await {
-            Ok(_) => self.rooms.clear(),
-            Err(error) => debug!(%error, "could not remove the connection from its rooms"),
+        for attempt in 1..=5u32 {
+            let command = RoomCommand::ConnGone { conn: self.entry.conn };
+            match self.gateway.replicator.propose(command).await {
+                Ok(_) => {
+                    self.rooms.clear();
+                    return;
+                }
+                // A stopping node does not wait for a quorum: presence is
+                // ephemeral, and its incarnation is evicted when it is gone.
+                Err(error) if shutdown.is_cancelled() || self.gateway.is_draining() => {
+                    debug!(%error, "node stopping; connection left in its rooms");
+                    return;
+                }
+                Err(error) => {
+                    debug!(%error, attempt, "could not remove the connection from its rooms yet");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                }
+            }
         }
+        warn!("gave up removing a closed connection from its rooms");
     }
 }
 

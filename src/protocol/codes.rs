@@ -19,8 +19,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The connection is over its request rate; `retry_after_ms` says when to retry.
     RateLimited,
-    /// Retryable: the room state cannot be changed right now (no quorum,
-    /// owner moving, node draining).
+    /// Retryable: the room state cannot be changed or read right now (no
+    /// quorum or leader, room owner unreachable or moving).
     Unavailable,
     /// A server fault; the request may or may not have taken effect.
     Internal,

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A connection id, unique across the cluster: the high 24 bits identify the
-/// node incarnation that accepted it, the low 40 bits count its connections.
+/// A connection id: the high 24 bits are a hash of the node incarnation that
+/// accepted it (distinct incarnations collide with probability 2^-24), the
+/// low 40 bits count its connections.
 /// On the wire it is 16 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);

@@ -68,6 +68,7 @@ pub enum Effect {
         room: RoomName,
         epoch: u64,
         owner: Arc<str>,
+        owner_incarnation: u64,
     },
     Joined {
         room: RoomName,
@@ -95,12 +96,13 @@ pub enum Effect {
         room: RoomName,
         conn: ConnId,
     },
-    /// The owner's node left while the room still had members: a new owner
-    /// sequences the room from offset 1 in a new epoch.
+    /// The owner's incarnation was evicted while the room still had
+    /// members: a new owner sequences the room from offset 1 in a new epoch.
     OwnerChanged {
         room: RoomName,
         epoch: u64,
         owner: Arc<str>,
+        owner_incarnation: u64,
     },
     /// The last member left; the room no longer exists.
     RoomClosed {
@@ -114,6 +116,9 @@ struct Room {
     /// only grow, so a client can tell a restarted sequence from a gap.
     epoch: u64,
     owner: Arc<str>,
+    /// The owner's incarnation: a restarted node does not own its earlier
+    /// incarnation's rooms.
+    owner_incarnation: u64,
     members: BTreeMap<ConnId, Arc<MemberRecord>>,
 }
 
@@ -128,6 +133,7 @@ pub struct TableSnapshot {
 pub struct RoomSnapshot {
     pub epoch: u64,
     pub owner: Arc<str>,
+    pub owner_incarnation: u64,
     pub members: Vec<Arc<MemberRecord>>,
 }
 
@@ -153,14 +159,14 @@ impl RoomTable {
                 self.join(index, room, member, max_members, &mut effects)
             }
             RoomCommand::Leave { room, conn } => {
-                if !self.remove_member(index, &room, conn, LeaveReason::Left, &mut effects) {
+                if !self.remove_member(&room, conn, LeaveReason::Left, &mut effects) {
                     effects.push(Effect::NotMember { room, conn });
                 }
             }
             RoomCommand::ConnGone { conn } => {
                 let rooms = self.rooms_by_conn.get(&conn).cloned().unwrap_or_default();
                 for room in rooms {
-                    self.remove_member(index, &room, conn, LeaveReason::Disconnected, &mut effects);
+                    self.remove_member(&room, conn, LeaveReason::Disconnected, &mut effects);
                 }
             }
             RoomCommand::EvictNode { node, incarnation } => {
@@ -197,8 +203,18 @@ impl RoomTable {
             return;
         }
         let entry = self.rooms.entry(room.clone()).or_insert_with(|| {
-            effects.push(Effect::RoomOpened { room: room.clone(), epoch: index, owner: member.node.clone() });
-            Room { epoch: index, owner: member.node.clone(), members: BTreeMap::new() }
+            effects.push(Effect::RoomOpened {
+                room: room.clone(),
+                epoch: index,
+                owner: member.node.clone(),
+                owner_incarnation: member.incarnation,
+            });
+            Room {
+                epoch: index,
+                owner: member.node.clone(),
+                owner_incarnation: member.incarnation,
+                members: BTreeMap::new(),
+            }
         });
         let member = Arc::new(member);
         entry.members.insert(conn, member.clone());
@@ -209,7 +225,6 @@ impl RoomTable {
     /// Removes one member; returns false when it was not a member.
     fn remove_member(
         &mut self,
-        index: u64,
         room_name: &RoomName,
         conn: ConnId,
         reason: LeaveReason,
@@ -231,8 +246,6 @@ impl RoomTable {
         if room.members.is_empty() {
             self.rooms.remove(room_name);
             effects.push(Effect::RoomClosed { room: room_name.clone() });
-        } else if reason == LeaveReason::NodeEvicted {
-            self.reassign_owner_if_gone(index, room_name, effects);
         }
         true
     }
@@ -252,29 +265,40 @@ impl RoomTable {
         affected.sort_by(|a, b| a.0.cmp(&b.0));
         for (room, conns) in affected {
             for conn in conns {
-                self.remove_member(index, &room, conn, LeaveReason::NodeEvicted, effects);
+                self.remove_member(&room, conn, LeaveReason::NodeEvicted, effects);
             }
+        }
+        // Rooms the evicted incarnation owned (with or without members of
+        // its own left in them) move to a live member's node.
+        let mut orphaned: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| &*r.owner == node && r.owner_incarnation <= incarnation)
+            .map(|(name, _)| name.clone())
+            .collect();
+        orphaned.sort();
+        for room in orphaned {
+            self.reassign_owner(index, &room, effects);
         }
     }
 
-    /// Gives a room whose owner node has no members left in it a new owner:
-    /// the node of its longest-standing member (lowest connection id).
-    fn reassign_owner_if_gone(&mut self, index: u64, room_name: &RoomName, effects: &mut Vec<Effect>) {
+    /// Gives a room a new owner: the node of its member with the lowest
+    /// connection id, in a new epoch (the log index).
+    fn reassign_owner(&mut self, index: u64, room_name: &RoomName, effects: &mut Vec<Effect>) {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        if room.members.values().any(|m| m.node == room.owner) {
-            return;
-        }
         let Some(first) = room.members.values().next() else {
             return;
         };
         room.owner = first.node.clone();
+        room.owner_incarnation = first.incarnation;
         room.epoch = index;
         effects.push(Effect::OwnerChanged {
             room: room_name.clone(),
             epoch: index,
             owner: room.owner.clone(),
+            owner_incarnation: room.owner_incarnation,
         });
     }
 
@@ -303,6 +327,7 @@ impl RoomTable {
         self.rooms.get(room).map(|r| RoomSnapshot {
             epoch: r.epoch,
             owner: r.owner.clone(),
+            owner_incarnation: r.owner_incarnation,
             members: r.members.values().cloned().collect(),
         })
     }
@@ -368,7 +393,12 @@ mod tests {
         assert_eq!(
             effects,
             vec![
-                Effect::RoomOpened { room: room("chat:a"), epoch: 10, owner: "n1".into() },
+                Effect::RoomOpened {
+                    room: room("chat:a"),
+                    epoch: 10,
+                    owner: "n1".into(),
+                    owner_incarnation: 7
+                },
                 Effect::Joined { room: room("chat:a"), epoch: 10, member: Arc::new(alice) },
             ]
         );
@@ -508,13 +538,37 @@ mod tests {
                     reason: LeaveReason::NodeEvicted
                 },
                 Effect::RoomClosed { room: room("chat:b") },
+                // chat:a was owned by (n1, 3): it moves to the lowest
+                // remaining connection, bob's, in a new epoch.
+                Effect::OwnerChanged {
+                    room: room("chat:a"),
+                    epoch: 9,
+                    owner: "n2".into(),
+                    owner_incarnation: 1
+                },
             ]
         );
-        // dave (n1, incarnation 4) is still there, so n1 keeps owning chat:a.
-        assert_eq!(table.snapshot(&room("chat:a")).unwrap().owner.as_ref(), "n1");
-        let effects = table.apply(10, RoomCommand::EvictNode { node: "n1".into(), incarnation: 4 });
-        assert_eq!(effects[1], Effect::OwnerChanged { room: room("chat:a"), epoch: 10, owner: "n2".into() });
         let snapshot = table.snapshot(&room("chat:a")).unwrap();
-        assert_eq!((snapshot.epoch, snapshot.owner.as_ref()), (10, "n2"));
+        assert_eq!((snapshot.epoch, snapshot.owner.as_ref(), snapshot.owner_incarnation), (9, "n2", 1));
+    }
+
+    #[test]
+    fn a_room_owned_by_an_evicted_incarnation_moves_even_without_its_members_in_it() {
+        let mut table = RoomTable::new();
+        table.apply(1, join("chat:c", member("alice", 1, "n1", 3)));
+        table.apply(2, join("chat:c", member("bob", 2, "n2", 1)));
+        table.apply(3, RoomCommand::Leave { room: room("chat:c"), conn: ConnId(1) });
+        // Alice left, n1 is alive: n1 still owns the room.
+        assert_eq!(table.snapshot(&room("chat:c")).unwrap().owner.as_ref(), "n1");
+        let effects = table.apply(4, RoomCommand::EvictNode { node: "n1".into(), incarnation: 3 });
+        assert_eq!(
+            effects,
+            vec![Effect::OwnerChanged {
+                room: room("chat:c"),
+                epoch: 4,
+                owner: "n2".into(),
+                owner_incarnation: 1
+            }]
+        );
     }
 }

@@ -42,7 +42,7 @@ pub fn test_config() -> Config {
     config.auth.jwt_hs256_secret = Some(SECRET.into());
     config.auth.api_key = Some(API_KEY.into());
     config.auth.allowed_origins = vec![ALLOWED_ORIGIN.into()];
-    config.log.level = "warn".into();
+    config.log.level = "warn,openraft=error".into();
     config.shutdown.drain_ms = 200;
     config.shutdown.deadline_ms = 5_000;
     let mut news = namespace("news");
@@ -57,6 +57,8 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start(config: Config) -> Node {
+    // Logs go to the test's output (shown for failing tests); RUST_LOG wins.
+    starling::telemetry::init_logging(&config.log);
     Node::start(config).await.expect("node starts")
 }
 

@@ -57,8 +57,13 @@ pub trait PeerTransport: Send + Sync + 'static {
         body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>>;
-    /// Queues a one-way message; never waits.
+    /// Queues a one-way message; never waits. While the link is (re)connecting
+    /// messages wait in its bounded queue; those queued when a link breaks
+    /// are dropped.
     fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError>;
+    /// Opens the link to `to` ahead of the first message (a no-op where
+    /// there is nothing to open).
+    fn warm(&self, _to: &str) {}
 }
 
 /// Counts a transport keeps for metrics.

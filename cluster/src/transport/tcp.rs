@@ -107,6 +107,7 @@ impl TcpTransport {
                 _ = self.shutdown.cancelled() => return,
                 result = self.dial(&addr) => result,
             };
+            let was_connected = connected.is_ok();
             match connected {
                 Ok(stream) => {
                     backoff = self.config.backoff_min;
@@ -122,8 +123,12 @@ impl TcpTransport {
             for (_, waiter) in lock(&link.pending).drain() {
                 let _ = waiter.send(Err("link lost".into()));
             }
-            // What was queued while down is stale (Raft retries on its own).
-            while queue_rx.try_recv().is_ok() {}
+            // What was queued when the link broke is dropped: requests have
+            // failed already (Raft retries), and one-way frames to a peer
+            // that went away would arrive out of context.
+            if was_connected {
+                while queue_rx.try_recv().is_ok() {}
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff + jitter(backoff)) => {}
@@ -266,6 +271,10 @@ fn jitter(base: Duration) -> Duration {
 }
 
 impl PeerTransport for Arc<TcpTransport> {
+    fn warm(&self, to: &str) {
+        self.link(to);
+    }
+
     fn request(
         &self,
         to: &str,
@@ -304,9 +313,6 @@ impl PeerTransport for Arc<TcpTransport> {
 
     fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError> {
         let link = self.link(to);
-        if !link.connected.load(Ordering::SeqCst) {
-            return Err(TransportError::Unreachable(to.to_string()));
-        }
         link.queue_tx.try_send(Frame::OneWay { traceparent: None, body }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
