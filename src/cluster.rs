@@ -193,6 +193,8 @@ impl Autopilot {
                 change = changes.recv() => match change {
                     Some(ClusterChange::Add(member) | ClusterChange::Update(member)) => {
                         self.links.set_peer(&member.name, &member.peer_addr.to_string());
+                        // Back from a pause or a cut: it is not departed.
+                        departed.remove(&(member.name.clone(), member.incarnation));
                     }
                     Some(ClusterChange::Remove(member)) => {
                         info!(node = %member.name, incarnation = member.incarnation, "node left or died");
@@ -276,6 +278,10 @@ impl Autopilot {
                 departed.insert((node.to_string(), incarnation));
             }
         }
+        // Never evict an incarnation that is alive now (it came back).
+        departed.retain(|(node, incarnation)| {
+            !live.iter().any(|m| m.name == *node && m.incarnation == *incarnation)
+        });
         let pending: Vec<_> = departed.iter().cloned().collect();
         for (node, incarnation) in pending {
             let command = RoomCommand::EvictNode { node: node.as_str().into(), incarnation };
