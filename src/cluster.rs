@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -136,6 +136,7 @@ pub fn view(group: &RaftGroup, membership: &Membership) -> ClusterView {
         .into_iter()
         .map(|m| ClusterNodeView {
             lag: lags.get(&node_id(&m.name)).copied(),
+            voter: metrics.membership_config.membership().voter_ids().any(|id| id == node_id(&m.name)),
             name: m.name,
             state: "alive",
             role: m.role,
@@ -160,6 +161,8 @@ pub struct ClusterNodeView {
     pub role: String,
     pub connections: u64,
     pub incarnation: u64,
+    /// Whether the node votes in Raft (else it is a learner or not yet added).
+    pub voter: bool,
     /// Log entries behind the leader (known on the leader only).
     pub lag: Option<u64>,
 }
@@ -170,6 +173,7 @@ pub struct Autopilot {
     pub incarnation: u64,
     pub bootstrap_expect: usize,
     pub voters: usize,
+    pub replace_dead_voter_after: Duration,
     pub group: Arc<RaftGroup>,
     pub membership: Arc<Membership>,
     pub links: Arc<PeerLinks>,
@@ -187,6 +191,8 @@ impl Autopilot {
         // (node, incarnation) seen leaving, to evict once a leader can.
         let mut departed: BTreeSet<(String, u64)> = BTreeSet::new();
         let mut evicted_previous_self = false;
+        // Voters missing from gossip, and since when.
+        let mut absent_since: BTreeMap<u64, Instant> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -215,7 +221,7 @@ impl Autopilot {
                         }
                         if self.group.is_leader() {
                             self.evict_departed(&mut departed).await;
-                            self.add_and_promote().await;
+                            self.add_and_promote(&mut absent_since).await;
                         }
                         self.publish_state().await;
                     };
@@ -297,11 +303,17 @@ impl Autopilot {
 
     /// Adds live nodes missing from the group as learners and promotes
     /// learners while there are fewer voters than wanted.
-    async fn add_and_promote(&self) {
+    async fn add_and_promote(&self, absent_since: &mut BTreeMap<u64, Instant>) {
         let metrics = self.group.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
         let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let live: BTreeSet<u64> = self.membership.live_members().iter().map(|m| node_id(&m.name)).collect();
+        let now = Instant::now();
+        absent_since.retain(|id, _| voters.contains(id) && !live.contains(id));
+        for voter in voters.iter().filter(|id| !live.contains(id)) {
+            absent_since.entry(*voter).or_insert(now);
+        }
         for member in self.membership.live_members() {
             let id = node_id(&member.name);
             if known.contains(&id) {
@@ -313,18 +325,27 @@ impl Autopilot {
                 debug!(%error, "add learner failed");
             }
         }
-        if voters.len() >= self.voters {
-            return;
-        }
         let learners: Vec<u64> = membership.learner_ids().collect();
-        let live: BTreeSet<u64> = self.membership.live_members().iter().map(|m| node_id(&m.name)).collect();
         let Some(learner) = learners.into_iter().find(|id| live.contains(id)) else {
             return;
         };
-        voters.insert(learner);
-        info!(learner, "promoting a learner to voter");
+        if voters.len() < self.voters {
+            voters.insert(learner);
+            info!(learner, "promoting a learner to voter");
+        } else {
+            // A voter dead for long enough gives its seat to a live learner.
+            let dead = absent_since
+                .iter()
+                .find(|(_, since)| now.duration_since(**since) >= self.replace_dead_voter_after);
+            let Some((&dead, _)) = dead else {
+                return;
+            };
+            voters.remove(&dead);
+            voters.insert(learner);
+            info!(dead, learner, "replacing a dead voter with a live learner");
+        }
         if let Err(error) = self.group.raft().change_membership(voters, false).await {
-            debug!(%error, "promotion failed");
+            debug!(%error, "membership change failed");
         }
     }
 

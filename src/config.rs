@@ -83,6 +83,9 @@ pub struct ClusterConfig {
     pub election_timeout_max_ms: u64,
     /// Log entries after which a Raft snapshot is taken and the log purged.
     pub snapshot_every: u64,
+    /// A voter gone from gossip this long is replaced by a live learner
+    /// (when there is one).
+    pub replace_dead_voter_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -97,6 +100,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_every: 10_000,
+            replace_dead_voter_after_ms: 60_000,
         }
     }
 }

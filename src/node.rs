@@ -129,6 +129,7 @@ impl Node {
                 incarnation,
                 bootstrap_expect: config.cluster.bootstrap_expect as usize,
                 voters: config.cluster.voters as usize,
+                replace_dead_voter_after: Duration::from_millis(config.cluster.replace_dead_voter_after_ms),
                 group: Arc::clone(&runtime.group),
                 membership: Arc::clone(&runtime.membership),
                 links: Arc::clone(&runtime.links),
@@ -202,6 +203,32 @@ impl Node {
     /// The current Raft leader's name (cluster mode only).
     pub fn leader(&self) -> Option<String> {
         self.cluster_view.as_ref().and_then(|(group, _)| group.leader_name())
+    }
+
+    /// The names of the Raft voters, as this node knows them (cluster mode).
+    pub fn voters(&self) -> Option<Vec<String>> {
+        let (group, _) = self.cluster_view.as_ref()?;
+        let metrics = group.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut names: Vec<String> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id))
+            .map(|n| n.name.clone())
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
+    /// The names of every Raft member, voters and learners (cluster mode).
+    pub fn raft_members(&self) -> Vec<String> {
+        let Some((group, _)) = self.cluster_view.as_ref() else {
+            return Vec::new();
+        };
+        let metrics = group.metrics().borrow().clone();
+        let mut names: Vec<String> =
+            metrics.membership_config.membership().nodes().map(|(_, n)| n.name.clone()).collect();
+        names.sort();
+        names
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {

@@ -20,6 +20,8 @@ fn cluster_config(name: &str, seeds: Vec<String>) -> Config {
     config.listen.gossip = "127.0.0.1:0".parse().unwrap();
     config.cluster.bootstrap_expect = 3;
     config.cluster.seeds = seeds;
+    // Only matters where a learner exists (the four-node test).
+    config.cluster.replace_dead_voter_after_ms = 1_000;
     config.limits.publish_per_second = 10_000.0;
     config.limits.publish_burst = 10_000;
     config
@@ -195,4 +197,38 @@ async fn when_the_room_owner_dies_a_new_owner_sequences_in_a_new_epoch_and_membe
         assert_eq!(seen, (after.epoch, after.offset));
     }
     stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_node_joins_as_a_learner_and_replaces_a_voter_that_stays_dead() {
+    let mut nodes = start_cluster().await;
+    let seed = nodes[0].gossip_addr().unwrap().to_string();
+    nodes.push(start(cluster_config("node-4", vec![seed])).await);
+    let leader = nodes[0].leader().unwrap();
+    wait_until("node-4 is in the group as a learner", || {
+        let voters = nodes[0].voters().unwrap();
+        voters.len() == 3
+            && !voters.contains(&"node-4".to_string())
+            && api_nodes_contains_learner(&nodes, "node-4")
+    })
+    .await;
+    let victim =
+        nodes.iter().position(|n| *n.gateway().node != *leader && &*n.gateway().node != "node-4").unwrap();
+    let victim_name = nodes[victim].gateway().node.to_string();
+    nodes.remove(victim).kill().await;
+    wait_until("the dead voter's seat goes to node-4", || {
+        nodes.iter().all(|n| {
+            let voters = n.voters().unwrap();
+            voters.contains(&"node-4".to_string()) && !voters.contains(&victim_name)
+        })
+    })
+    .await;
+    stop_all(nodes).await;
+}
+
+/// Whether `name` is in the Raft membership (voter or learner) on the leader.
+fn api_nodes_contains_learner(nodes: &[Node], name: &str) -> bool {
+    nodes.iter().any(|n| {
+        n.leader().as_deref() == Some(&*n.gateway().node) && n.raft_members().contains(&name.to_string())
+    })
 }
