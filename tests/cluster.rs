@@ -54,9 +54,13 @@ async fn start_cluster() -> Vec<Node> {
 /// nodes' last disconnects commit.
 async fn stop_all(nodes: Vec<Node>) {
     let began = Instant::now();
+    let dirs: Vec<_> = nodes.iter().map(|n| n.gateway().config.node.data_dir.clone()).collect();
     let stopping: Vec<_> = nodes.into_iter().map(|node| tokio::spawn(node.shutdown())).collect();
     for stop in stopping {
         stop.await.unwrap();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
     }
     eprintln!("stopped in {:?}", began.elapsed());
 }
