@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::gateway::Hub;
-use crate::protocol::{ConnId, RoomName};
+use crate::protocol::RoomName;
 use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot};
 
 /// Why a command was not applied or a read could not be served.
@@ -66,17 +66,17 @@ impl SharedTable {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies `command` at `index` (or at the next index when `None`).
-    fn apply(&self, index: Option<u64>, command: RoomCommand) -> (u64, Vec<Effect>) {
+    /// Applies `command` at the next index (a single node's own log).
+    fn apply_next(&self, command: RoomCommand) -> Vec<Effect> {
         let mut state = self.lock();
-        let index = index.unwrap_or(state.last_index + 1);
+        let index = state.last_index + 1;
         state.last_index = index;
         let effects = state.table.apply(index, command);
         // Under the same lock, so the hub sees effects in log order.
         self.hub.apply_effects(&effects);
         drop(state);
         self.applied_tx.send_replace(index);
-        (index, effects)
+        effects
     }
 
     /// Applies a Raft entry's batch; the applied index becomes `index`.
@@ -255,7 +255,7 @@ impl Replicator {
     /// returns its effects.
     pub async fn propose(&self, command: RoomCommand) -> Result<Vec<Effect>, ReplicateError> {
         let proposals_tx = match &self.backend {
-            Backend::Local => return Ok(self.shared.apply(None, command).1),
+            Backend::Local => return Ok(self.shared.apply_next(command)),
             Backend::Raft { proposals_tx, .. } => proposals_tx,
         };
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -294,10 +294,6 @@ impl Replicator {
         self.shared.lock().table.node_incarnations()
     }
 
-    pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
-        self.shared.lock().table.is_member(room, conn)
-    }
-
     pub fn stats(&self) -> TableStats {
         let state = self.shared.lock();
         TableStats {
@@ -313,13 +309,6 @@ impl Replicator {
         match &self.backend {
             Backend::Local => true,
             Backend::Raft { group, .. } => group.metrics().borrow().current_leader.is_some(),
-        }
-    }
-
-    pub fn group(&self) -> Option<&Arc<RaftGroup>> {
-        match &self.backend {
-            Backend::Local => None,
-            Backend::Raft { group, .. } => Some(group),
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
-use crate::protocol::{self, CloseCode, ConnId, MessageFrom, RoomName};
+use crate::protocol::{self, CloseCode, MessageFrom, RoomName};
 use crate::rooms::{Effect, LeaveReason, MemberRecord, RoomTable};
 use crate::telemetry::Metrics;
 
@@ -304,11 +304,6 @@ impl Hub {
     pub fn subscription_count(&self) -> usize {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         rooms.values().map(|r| lock(r).subscribers.len()).sum()
-    }
-
-    /// Whether `conn` is subscribed to `room` on this node.
-    pub fn is_subscribed(&self, room: &RoomName, conn: ConnId) -> bool {
-        self.room(room).is_some_and(|r| lock(&r).subscribers.iter().any(|s| s.conn == conn))
     }
 }
 
