@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use openraft::ChangeMembers;
 use serde::Serialize;
 use starling_cluster::membership::{
     ClusterChange, ClusterMember, Membership, MembershipConfig, UdpTransport,
@@ -102,6 +103,33 @@ impl ClusterRuntime {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// At the end of a drain: a leader removes itself from the voters, so it
+    /// steps down with its log committed and the others elect among
+    /// themselves; the autopilot adds it back as a learner (and promotes
+    /// it) when it returns. Followers stay voters and simply stop.
+    pub async fn leave_group(&self) {
+        if !self.group.is_leader() {
+            return;
+        }
+        let metrics = self.group.metrics().borrow().clone();
+        let me = self.group.id();
+        let voters: BTreeSet<u64> =
+            metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect();
+        if voters.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let change = self.group.raft().change_membership(voters, false);
+        match tokio::time::timeout(Duration::from_secs(3), change).await {
+            Ok(Ok(_)) => info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "left the voters; leadership handed over"
+            ),
+            Ok(Err(error)) => warn!(%error, "could not leave the voters"),
+            Err(_) => warn!("leaving the voters timed out"),
+        }
     }
 
     /// Stops gossip (peers see this node leave), Raft and the links.
@@ -316,10 +344,19 @@ impl Autopilot {
         }
         for member in self.membership.live_members() {
             let id = node_id(&member.name);
+            let node = PeerNode { name: member.name.clone(), peer_addr: member.peer_addr.to_string() };
             if known.contains(&id) {
+                // A node back at a new address (a restart elsewhere): Raft
+                // must dial the new one.
+                if membership.get_node(&id).is_some_and(|recorded| recorded.peer_addr != node.peer_addr) {
+                    info!(node = %member.name, addr = %node.peer_addr, "updating a node's peer address");
+                    let update = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+                    if let Err(error) = self.group.raft().change_membership(update, false).await {
+                        debug!(%error, "address update failed");
+                    }
+                }
                 continue;
             }
-            let node = PeerNode { name: member.name.clone(), peer_addr: member.peer_addr.to_string() };
             info!(node = %member.name, "adding node to the raft group as a learner");
             if let Err(error) = self.group.raft().add_learner(id, node, false).await {
                 debug!(%error, "add learner failed");

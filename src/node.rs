@@ -291,6 +291,11 @@ impl Node {
         if tokio::time::timeout_at(deadline, self.connections.wait()).await.is_err() {
             warn!(left = self.connections.len(), "drain deadline passed; dropping the rest");
         }
+        // The sessions' last disconnects are committed; a leader now hands
+        // leadership over before Raft stops.
+        if let Some(cluster) = self.cluster.lock().await.as_ref() {
+            cluster.leave_group().await;
+        }
         self.stop_all.cancel();
         self.background.close();
         let grace = deadline.max(Instant::now() + Duration::from_secs(1));

@@ -236,3 +236,29 @@ fn api_nodes_contains_learner(nodes: &[Node], name: &str) -> bool {
         n.leader().as_deref() == Some(&*n.gateway().node) && n.raft_members().contains(&name.to_string())
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_leader_steps_down_so_the_others_elect_and_it_rejoins_as_a_voter_on_restart() {
+    let mut nodes = start_cluster().await;
+    let leader = nodes[0].leader().unwrap();
+    let index = nodes.iter().position(|n| *n.gateway().node == *leader).unwrap();
+    let config = nodes[index].gateway().config.as_ref().clone();
+    let draining = nodes.remove(index);
+    let began = Instant::now();
+    draining.shutdown().await;
+    wait_until("the others agree on a new leader", || {
+        let new = nodes[0].leader();
+        new.is_some() && new.as_deref() != Some(leader.as_str()) && nodes[1].leader() == new
+    })
+    .await;
+    eprintln!("new leader {:?} {:?} after the drain began", nodes[0].leader(), began.elapsed());
+    assert_eq!(nodes[0].voters().unwrap().len(), 2, "the old leader left the voters");
+    let (client, _events) = connect_as(&nodes[0], "after").await;
+    client.join("chat:after-drain", None).await.unwrap();
+    // Back with a new incarnation (same name and data): a voter again.
+    let mut config = config;
+    config.cluster.seeds = vec![nodes[0].gossip_addr().unwrap().to_string()];
+    nodes.push(start(config).await);
+    wait_until("three voters again", || nodes.iter().all(|n| n.voters().unwrap().len() == 3)).await;
+    stop_all(nodes).await;
+}
