@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use openraft::ChangeMembers;
 use serde::Serialize;
+use starling_cluster::faults::{FaultyGossip, FaultyPeerTransport, LinkFaults};
 use starling_cluster::membership::{
     ClusterChange, ClusterMember, Membership, MembershipConfig, UdpTransport,
 };
@@ -55,6 +56,7 @@ impl ClusterRuntime {
         hub: &Arc<Hub>,
         shared: &Arc<SharedTable>,
         announce: Announce,
+        faults: Option<Arc<LinkFaults>>,
     ) -> anyhow::Result<ClusterRuntime> {
         let name = config.node.name.as_str();
         let cluster = &config.cluster;
@@ -63,7 +65,13 @@ impl ClusterRuntime {
             .with_context(|| format!("binding listen.peer {}", config.listen.peer))?;
         let peer_addr = peer_listener.local_addr()?;
         let transport = TcpTransport::new(TcpTransportConfig::new(&cluster.id, name));
-        let peer_transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&transport));
+        let tcp: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&transport));
+        let peer_transport: Arc<dyn PeerTransport> = match &faults {
+            Some(faults) => {
+                Arc::new(FaultyPeerTransport { inner: tcp, me: peer_addr, faults: Arc::clone(faults) })
+            }
+            None => tcp,
+        };
         let mut group_config =
             GroupConfig::new(name, &peer_addr.to_string(), config.node.data_dir.join("raft.redb"));
         group_config.heartbeat_interval = Duration::from_millis(cluster.raft_heartbeat_ms);
@@ -92,7 +100,11 @@ impl ClusterRuntime {
         };
         let mut gossip = MembershipConfig::new(&cluster.id, me, config.listen.gossip, cluster.seeds.clone());
         gossip.gossip_interval = Duration::from_millis(cluster.gossip_interval_ms);
-        let membership = Membership::start(gossip, &UdpTransport).await.context("starting gossip")?;
+        let membership = match faults {
+            Some(faults) => Membership::start(gossip, &FaultyGossip { inner: UdpTransport, faults }).await,
+            None => Membership::start(gossip, &UdpTransport).await,
+        }
+        .context("starting gossip")?;
         info!(peer = %peer_addr, gossip = %membership.gossip_addr(), "cluster member started");
         Ok(ClusterRuntime { group, membership: Arc::new(membership), links, transport, peer_addr })
     }

@@ -26,6 +26,7 @@ use crate::gateway::{self, Gateway, GatewayParts, Hub, Sessions};
 use crate::protocol::CloseCode;
 use crate::replicate::{Replicator, SharedTable, TableStats};
 use crate::telemetry::{self, Metrics};
+use starling_cluster::faults::LinkFaults;
 use starling_cluster::membership::Membership;
 use starling_cluster::raft::RaftGroup;
 
@@ -41,6 +42,7 @@ pub struct Node {
     background: TaskTracker,
     /// In a cluster: Raft, gossip and peer links (taken at shutdown).
     cluster: tokio::sync::Mutex<Option<ClusterRuntime>>,
+    peer_addr: Option<SocketAddr>,
     /// What `/api/cluster` reads.
     cluster_view: Option<(Arc<RaftGroup>, Arc<Membership>)>,
 }
@@ -65,6 +67,12 @@ impl Node {
     /// Binds the listeners and starts serving. The config must carry a token
     /// key and an API key (dev mode generates them before calling this).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Node::start_with_faults(config, None).await
+    }
+
+    /// Like [`Node::start`], with this node's peer links and gossip going
+    /// through `faults`, so a test can cut and heal them.
+    pub async fn start_with_faults(config: Config, faults: Option<Arc<LinkFaults>>) -> anyhow::Result<Node> {
         config.validate()?;
         let Some(api_key) = config.auth.api_key.clone() else {
             bail!("auth.api_key is not set");
@@ -104,7 +112,8 @@ impl Node {
         let background = TaskTracker::new();
         let (replicator, router, cluster) = if config.is_cluster() {
             let announce = Announce { client: client_addr, api: api_addr };
-            let runtime = ClusterRuntime::start(&config, incarnation, &hub, &shared, announce).await?;
+            let runtime =
+                ClusterRuntime::start(&config, incarnation, &hub, &shared, announce, faults).await?;
             let replicator = Arc::new(Replicator::raft(Arc::clone(&shared), Arc::clone(&runtime.group)));
             let router = Arc::new(Router::cluster(Arc::clone(&hub), Arc::clone(&runtime.links)));
             (replicator, router, Some(runtime))
@@ -147,6 +156,7 @@ impl Node {
             connections: TaskTracker::new(),
             background,
             cluster_view: cluster.as_ref().map(|c| (Arc::clone(&c.group), Arc::clone(&c.membership))),
+            peer_addr: cluster.as_ref().map(|c| c.peer_addr()),
             cluster: tokio::sync::Mutex::new(cluster),
         };
         let accept = gateway::serve(
@@ -193,6 +203,11 @@ impl Node {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The peer address actually bound (cluster mode only).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     /// The gossip address actually bound (cluster mode only).

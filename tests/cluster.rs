@@ -5,10 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use common::*;
 use serde_json::json;
 use starling::{Config, Node};
 use starling_client::Event;
+use starling_cluster::faults::LinkFaults;
 
 fn cluster_config(name: &str, seeds: Vec<String>) -> Config {
     let mut config = test_config();
@@ -35,10 +38,22 @@ fn unique() -> u64 {
 
 /// Starts three nodes seeded from the first and waits for one agreed leader.
 async fn start_cluster() -> Vec<Node> {
-    let first = start(cluster_config("node-1", Vec::new())).await;
+    start_cluster_with(None).await
+}
+
+/// The same, with every peer link and gossip datagram going through `faults`.
+async fn start_cluster_with(faults: Option<Arc<LinkFaults>>) -> Vec<Node> {
+    let boot = |config: Config| {
+        let faults = faults.clone();
+        async move {
+            starling::telemetry::init_logging(&config.log);
+            Node::start_with_faults(config, faults).await.expect("node starts")
+        }
+    };
+    let first = boot(cluster_config("node-1", Vec::new())).await;
     let seed = first.gossip_addr().unwrap().to_string();
-    let second = start(cluster_config("node-2", vec![seed.clone()])).await;
-    let third = start(cluster_config("node-3", vec![seed])).await;
+    let second = boot(cluster_config("node-2", vec![seed.clone()])).await;
+    let third = boot(cluster_config("node-3", vec![seed])).await;
     let began = Instant::now();
     let nodes = vec![first, second, third];
     wait_until("one leader known to every node", || {
@@ -260,5 +275,131 @@ async fn a_draining_leader_steps_down_so_the_others_elect_and_it_rejoins_as_a_vo
     config.cluster.seeds = vec![nodes[0].gossip_addr().unwrap().to_string()];
     nodes.push(start(config).await);
     wait_until("three voters again", || nodes.iter().all(|n| n.voters().unwrap().len() == 3)).await;
+    stop_all(nodes).await;
+}
+
+/// Cuts every link (peer and gossip, both directions) between `a` and `b`.
+fn cut(faults: &LinkFaults, a: &Node, b: &Node) {
+    for (x, y) in [(a, b), (b, a)] {
+        faults.cut_one_way(x.peer_addr().unwrap(), y.peer_addr().unwrap());
+        faults.cut_one_way(x.gossip_addr().unwrap(), y.gossip_addr().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_node_answers_unavailable_and_presence_converges_after_healing() {
+    let faults = LinkFaults::new();
+    let nodes = start_cluster_with(Some(Arc::clone(&faults))).await;
+    let leader = nodes[0].leader().unwrap();
+    let isolated = nodes.iter().position(|n| *n.gateway().node != *leader).unwrap();
+    let majority: Vec<usize> = (0..3).filter(|i| *i != isolated).collect();
+    let (stranded, mut stranded_events) = connect_as(&nodes[isolated], "stranded").await;
+    stranded.join("chat:g5", None).await.unwrap();
+    let (watcher, mut watcher_events) = connect_as(&nodes[majority[0]], "watcher").await;
+    watcher.join("chat:g5", None).await.unwrap();
+
+    for &i in &majority {
+        cut(&faults, &nodes[isolated], &nodes[i]);
+    }
+    // G5: the minority refuses membership changes instead of diverging.
+    let (late, _late_events) = connect_as(&nodes[isolated], "late").await;
+    let refused = late.join("chat:g5", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some("unavailable"), "{refused}");
+    // The majority evicts the cut-off member and keeps serving.
+    next_matching(&mut watcher_events, |e| match e {
+        Event::Left { member, .. } if member.user == "stranded" => Some(()),
+        _ => None,
+    })
+    .await;
+    let (newcomer, _newcomer_events) = connect_as(&nodes[majority[1]], "newcomer").await;
+    newcomer.join("chat:g5", None).await.unwrap();
+
+    faults.heal_all();
+    let healed = Instant::now();
+    // The cut-off node learns its members were evicted and tells its clients.
+    assert_eq!(close_code(&mut stranded_events).await, Some(1012));
+    let mut readers = Vec::new();
+    for node in &nodes {
+        readers.push(connect_as(node, "reader").await.0);
+    }
+    let expected = vec!["newcomer".to_string(), "watcher".to_string()];
+    within("presence converges on every node", async {
+        loop {
+            let mut all_equal = true;
+            for reader in &readers {
+                let mut users: Vec<String> = match reader.presence("chat:g5").await {
+                    Ok(members) => members.into_iter().map(|m| m.user).collect(),
+                    Err(_) => Vec::new(),
+                };
+                users.sort();
+                all_equal &= users == expected;
+            }
+            if all_equal {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let converged = healed.elapsed();
+    eprintln!("presence converged {converged:?} after healing");
+    assert!(converged < Duration::from_secs(5), "G5: converged in {converged:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_way_cut_loses_no_acknowledged_join_and_nodes_agree_after_healing() {
+    let faults = LinkFaults::new();
+    let nodes = start_cluster_with(Some(Arc::clone(&faults))).await;
+    let leader = nodes[0].leader().unwrap();
+    let from = nodes.iter().position(|n| *n.gateway().node == *leader).unwrap();
+    let to = (from + 1) % 3;
+    // The leader can no longer reach one follower; the follower still
+    // reaches the leader (and gossip is cut the same way).
+    faults.cut_one_way(nodes[from].peer_addr().unwrap(), nodes[to].peer_addr().unwrap());
+    faults.cut_one_way(nodes[from].gossip_addr().unwrap(), nodes[to].gossip_addr().unwrap());
+    let mut acknowledged = Vec::new();
+    let mut clients = Vec::new();
+    for round in 0..6 {
+        for (i, node) in nodes.iter().enumerate() {
+            let user = format!("u{round}-{i}");
+            let (client, events) = connect_as(node, &user).await;
+            // Acknowledged joins must survive; refused ones must not appear.
+            if client.join("chat:oneway", None).await.is_ok() {
+                acknowledged.push(user);
+            }
+            clients.push((client, events));
+        }
+    }
+    assert!(!acknowledged.is_empty(), "the majority kept accepting joins");
+    faults.heal_all();
+    let mut readers = Vec::new();
+    for node in &nodes {
+        readers.push(connect_as(node, "reader").await.0);
+    }
+    within("every node shows the same members, every acknowledged join among them", async {
+        loop {
+            let mut views = Vec::new();
+            for reader in &readers {
+                let mut users: Vec<String> = match reader.presence("chat:oneway").await {
+                    Ok(members) => members.into_iter().map(|m| m.user).collect(),
+                    Err(_) => Vec::new(),
+                };
+                users.sort();
+                views.push(users);
+            }
+            let agree = views.windows(2).all(|w| w[0] == w[1]);
+            // Members on the follower may have been evicted while it looked
+            // dead to the leader (and told to reconnect); every other
+            // acknowledged join is still there.
+            let kept =
+                acknowledged.iter().filter(|u| !u.ends_with(&format!("-{to}"))).all(|u| views[0].contains(u));
+            if agree && kept {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     stop_all(nodes).await;
 }
