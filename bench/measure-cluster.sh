@@ -22,7 +22,7 @@ for n in 1 2 3; do
   STARLING_CLUSTER__BOOTSTRAP_EXPECT=3 STARLING_CLUSTER__SEEDS="$SEEDS" \
   STARLING_LIMITS__REQUESTS_PER_SECOND=1000000.0 STARLING_LIMITS__REQUEST_BURST=1000000 \
   STARLING_LIMITS__MAX_ROOMS_PER_CONNECTION=100000 \
-    taskset -c 0 $BIN/starling --config bench/config/single.toml &
+    ${PIN_SERVERS:-taskset -c 0} $BIN/starling --config bench/config/single.toml &
   PIDS+=($!)
 done
 for n in 1 2 3; do
@@ -33,7 +33,7 @@ for n in 1 2 3; do
 done
 echo "cluster ready"
 
-taskset -c 1 $BIN/starling-bench joins --token "$TOKEN" \
+${PIN_BENCH:-taskset -c 1} $BIN/starling-bench joins --token "$TOKEN" \
   --url ws://127.0.0.1:7621/ws,ws://127.0.0.1:7622/ws,ws://127.0.0.1:7623/ws \
   --conns ${JOIN_CONNS:-600} --joins-per-conn 20 > "$OUT/joins-3nodes.json"
 python3 -c 'import json;d=json.load(open("'"$OUT"'/joins-3nodes.json"));print("joins across 3 nodes:", d["joins_per_second"], "/s, failed", d["failed"], "reply", d["reply_latency_ms"])'
