@@ -310,8 +310,10 @@ impl Autopilot {
         if !self.replicator.is_ready() {
             return false;
         }
-        let command =
-            RoomCommand::EvictNode { node: self.name.as_str().into(), incarnation: self.incarnation - 1 };
+        let command = RoomCommand::EvictNode {
+            node: self.name.as_str().into(),
+            incarnation: self.incarnation.saturating_sub(1),
+        };
         self.replicator.propose(command).await.is_ok()
     }
 

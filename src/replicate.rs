@@ -144,6 +144,13 @@ impl Applier for TableApplier {
         codec::encode(&AppliedBatch { index, effects }).unwrap_or_default()
     }
 
+    fn skipped(&mut self, index: u64) {
+        let mut state = self.0.lock();
+        state.last_index = state.last_index.max(index);
+        drop(state);
+        self.0.applied_tx.send_replace(index);
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         let state = self.0.lock();
         codec::encode(&(state.last_index, state.table.to_snapshot())).unwrap_or_default()

@@ -403,3 +403,28 @@ async fn a_one_way_cut_loses_no_acknowledged_join_and_nodes_agree_after_healing(
     .await;
     stop_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_reads_work_right_after_formation_and_after_a_leader_change() {
+    // The last committed entries here are a membership change and a new
+    // leader's blank entry, not room commands: reads must not wait on them.
+    let mut nodes = start_cluster().await;
+    for node in &nodes {
+        let (reader, _) = connect_as(node, "reader").await;
+        assert_eq!(reader.presence("chat:fresh").await.unwrap(), vec![]);
+    }
+    let leader = nodes[0].leader().unwrap();
+    let index = nodes.iter().position(|n| *n.gateway().node == *leader).unwrap();
+    nodes.remove(index).kill().await;
+    wait_until("a new leader", || {
+        let new = nodes[0].leader();
+        new.is_some() && new.as_deref() != Some(leader.as_str()) && nodes[1].leader() == new
+    })
+    .await;
+    for node in &nodes {
+        let (reader, _) = connect_as(node, "reader").await;
+        let answered = within("presence after failover", reader.presence("chat:fresh")).await;
+        assert_eq!(answered.unwrap(), vec![], "presence after a leader change");
+    }
+    stop_all(nodes).await;
+}

@@ -29,6 +29,7 @@ use super::Gateway;
 use crate::auth::Claims;
 use crate::config::PublishPolicy;
 use crate::protocol::{self, parse_request, CloseCode, ErrorBody, ErrorCode, MessageFrom, Request, RoomName};
+use crate::replicate::ReplicateError;
 use crate::rooms::{Effect, MemberRecord, RoomCommand, RoomSnapshot};
 
 /// Runs a session to its end. `shutdown` is the node's hard stop: pending
@@ -150,6 +151,10 @@ struct Session {
     /// Whether a join was ever proposed (it may have committed even if the
     /// session ended before its reply).
     proposed_join: bool,
+    /// The join proposal under way. It runs as its own task so that a
+    /// session ending mid-join can wait for it before proposing its
+    /// disconnect (otherwise the two could commit in either order).
+    pending_join: Option<tokio::task::JoinHandle<Result<Vec<Effect>, ReplicateError>>>,
 }
 
 impl Session {
@@ -165,6 +170,7 @@ impl Session {
             rooms: HashSet::new(),
             strikes: 0,
             proposed_join: false,
+            pending_join: None,
         }
     }
 
@@ -339,7 +345,14 @@ impl Session {
         };
         let command = RoomCommand::Join { room: room.clone(), member, max_members };
         self.proposed_join = true;
-        let effects = self.gateway.replicator.propose(command).await.map_err(unavailable)?;
+        let replicator = Arc::clone(&self.gateway.replicator);
+        let pending =
+            self.pending_join.insert(tokio::spawn(async move { replicator.propose(command).await }));
+        let proposed = pending.await;
+        self.pending_join = None;
+        let effects = proposed
+            .unwrap_or_else(|_| Err(ReplicateError::Unavailable("join task failed".into())))
+            .map_err(unavailable)?;
         let epoch = effects.iter().find_map(|effect| match effect {
             Effect::Joined { epoch, .. } | Effect::AlreadyJoined { epoch, .. } => Some(*epoch),
             _ => None,
@@ -429,6 +442,9 @@ impl Session {
         if self.rooms.is_empty() && !self.proposed_join {
             return;
         }
+        if let Some(join) = self.pending_join.take() {
+            let _ = join.await;
+        }
         for attempt in 1..=5u32 {
             let command = RoomCommand::ConnGone { conn: self.entry.conn };
             match self.gateway.replicator.propose(command).await {
@@ -458,7 +474,7 @@ enum RateDecision {
     Close(CloseCode),
 }
 
-fn unavailable(error: crate::replicate::ReplicateError) -> ErrorBody {
+fn unavailable(error: ReplicateError) -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, error.to_string()).retry_after(500)
 }
 

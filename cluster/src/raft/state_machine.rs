@@ -22,6 +22,9 @@ pub trait Applier: Send + Sync + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with a snapshot.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// Log `index` held no command (a leader's blank entry or a membership
+    /// change) and is now applied; readers waiting for it may go on.
+    fn skipped(&mut self, _index: u64) {}
 }
 
 const SNAPSHOT: &str = "snapshot";
@@ -106,10 +109,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => Applied::default(),
+                EntryPayload::Blank => {
+                    self.applier.skipped(entry.log_id.index);
+                    Applied::default()
+                }
                 EntryPayload::Normal(command) => Applied(self.applier.apply(entry.log_id.index, &command.0)),
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.applier.skipped(entry.log_id.index);
                     Applied::default()
                 }
             };

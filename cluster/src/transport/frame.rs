@@ -62,11 +62,23 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -
     Ok(())
 }
 
+/// The largest first frame (the hello) accepted from an unauthenticated peer.
+pub const MAX_HELLO_BYTES: usize = 4096;
+
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, FrameError> {
+    read_frame_limited(reader, MAX_FRAME_BYTES).await
+}
+
+/// Reads one frame of at most `max` bytes (the hello is read with a small
+/// limit, so a stranger cannot make the node allocate a large buffer).
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     let mut bytes = vec![0u8; len];

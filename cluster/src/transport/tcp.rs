@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::frame::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
+use super::frame::{read_frame, read_frame_limited, write_frame, Frame, MAX_HELLO_BYTES, PROTOCOL_VERSION};
 use super::{BoxFuture, PeerTransport, SharedHandler, TransportError, TransportStats};
 
 #[derive(Debug, Clone)]
@@ -207,10 +207,13 @@ impl TcpTransport {
     }
 
     async fn serve_connection(&self, mut stream: TcpStream, handler: SharedHandler) -> Result<(), String> {
-        let hello = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
-            .await
-            .map_err(|_| "no hello in time".to_string())?
-            .map_err(|e| e.to_string())?;
+        let hello = tokio::time::timeout(
+            self.config.connect_timeout,
+            read_frame_limited(&mut stream, MAX_HELLO_BYTES),
+        )
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .map_err(|e| e.to_string())?;
         let Frame::Hello { version, cluster_id, node } = hello else {
             return Err("first frame is not a hello".into());
         };
