@@ -82,7 +82,7 @@ impl ClusterRuntime {
         let group = RaftGroup::start(group_config, applier, Arc::clone(&peer_transport))
             .await
             .context("starting raft")?;
-        let links = PeerLinks::new(name, peer_transport, Arc::clone(shared));
+        let links = PeerLinks::new(name, peer_transport, Arc::clone(&group), Arc::clone(shared));
         hub.set_remote(links.clone());
         let app = Arc::new(AppHandler { hub: Arc::clone(hub), shared: Arc::clone(shared) });
         // Not tracked: it ends with `transport.shutdown()`, the last step.

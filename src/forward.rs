@@ -7,14 +7,14 @@
 //! publishes, deliveries) and the directory of peer addresses. It must not
 //! change membership; the hub decides nothing but order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use starling_cluster::codec;
-use starling_cluster::raft::{PeerAnswer, PeerMessage};
+use starling_cluster::raft::{PeerAnswer, PeerMessage, RaftGroup};
 use starling_cluster::transport::{BoxFuture, PeerHandler, PeerTransport};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
@@ -83,33 +83,69 @@ impl Router {
     }
 }
 
-/// The peer addresses of the other nodes and the transport to reach them.
+/// The other nodes, their peer addresses, and the transport to reach them.
+///
+/// Who gets frames is decided by the replicated Raft membership (every
+/// voter and learner): a node is in it before any of its members' joins
+/// can commit, so no member's node is ever missed. Gossip only supplies a
+/// fresher address when a node came back somewhere else.
 pub struct PeerLinks {
     me: String,
     transport: Arc<dyn PeerTransport>,
-    /// Node name -> peer address, from gossip.
-    peers: RwLock<HashMap<String, String>>,
+    group: Arc<RaftGroup>,
+    /// Node name -> peer address, from gossip (overrides Raft's record).
+    gossip_addrs: RwLock<HashMap<String, String>>,
     shared: Arc<SharedTable>,
 }
 
 impl PeerLinks {
-    pub fn new(me: &str, transport: Arc<dyn PeerTransport>, shared: Arc<SharedTable>) -> Arc<PeerLinks> {
-        Arc::new(PeerLinks { me: me.into(), transport, peers: RwLock::default(), shared })
+    pub fn new(
+        me: &str,
+        transport: Arc<dyn PeerTransport>,
+        group: Arc<RaftGroup>,
+        shared: Arc<SharedTable>,
+    ) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks { me: me.into(), transport, group, gossip_addrs: RwLock::default(), shared })
     }
 
+    /// Every other node of the group, with the address to reach it.
+    fn directory(&self) -> BTreeMap<String, String> {
+        let mut nodes: BTreeMap<String, String> = {
+            let metrics = self.group.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(_, node)| (node.name.clone(), node.peer_addr.clone()))
+                .collect()
+        };
+        let gossip = self.gossip_addrs.read().unwrap_or_else(|p| p.into_inner());
+        for (name, addr) in gossip.iter() {
+            nodes.insert(name.clone(), addr.clone());
+        }
+        nodes.remove(&self.me);
+        nodes
+    }
+
+    /// Records the address gossip reports for a node (and opens the link).
     pub fn set_peer(&self, name: &str, peer_addr: &str) {
         if name != self.me {
             self.transport.warm(peer_addr);
-            self.peers.write().unwrap_or_else(|p| p.into_inner()).insert(name.into(), peer_addr.into());
+            self.gossip_addrs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.into(), peer_addr.into());
         }
     }
 
+    /// Forgets gossip's address for a node (Raft's record still applies).
     pub fn remove_peer(&self, name: &str) {
-        self.peers.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.gossip_addrs.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
     fn peer_addr(&self, name: &str) -> Option<String> {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.directory().remove(name)
     }
 
     async fn forward_publish(
@@ -161,8 +197,8 @@ impl RemoteFanout for PeerLinks {
         let Ok(body) = wrap(&message) else { return };
         // One copy per node; every node gets every frame of the room, in
         // order (one link per peer), and keeps what its members need.
-        for (name, addr) in self.peers.read().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Err(error) = self.transport.send(addr, body.clone()) {
+        for (name, addr) in self.directory() {
+            if let Err(error) = self.transport.send(&addr, body.clone()) {
                 debug!(peer = %name, %error, "delivery to peer dropped");
             }
         }
