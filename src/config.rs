@@ -77,8 +77,8 @@ pub struct ClusterConfig {
     pub gossip_interval_ms: u64,
     /// Raft leader heartbeat interval.
     pub raft_heartbeat_ms: u64,
-    /// Raft election timeout range; a dead leader is replaced within about
-    /// the maximum plus one heartbeat.
+    /// Raft election timeout range. With the defaults a killed leader is
+    /// replaced in about 1.3 to 1.5 s (measured by `tests/cluster_process.rs`).
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Log entries after which a Raft snapshot is taken and the log purged.

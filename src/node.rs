@@ -56,7 +56,7 @@ pub struct NodeStats {
     /// Session tasks still running (including ones in their handshake).
     pub connection_tasks: usize,
     /// Rooms mirrored by the fan-out hub (every room of the cluster).
-    pub local_rooms: usize,
+    pub hub_rooms: usize,
     /// Local (room, connection) subscriptions in the hub.
     pub subscriptions: usize,
     /// The replicated room table.
@@ -255,7 +255,7 @@ impl Node {
         NodeStats {
             sessions: self.gateway.sessions.len(),
             connection_tasks: self.connections.len(),
-            local_rooms: hub.room_count(),
+            hub_rooms: hub.room_count(),
             subscriptions: hub.subscription_count(),
             table: self.gateway.replicator.stats(),
         }

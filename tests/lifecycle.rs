@@ -106,7 +106,7 @@ async fn every_count_returns_to_zero_after_many_clients_come_and_go() {
             let s = node.stats();
             s.sessions == 0
                 && s.connection_tasks == 0
-                && s.local_rooms == 0
+                && s.hub_rooms == 0
                 && s.subscriptions == 0
                 && s.table.rooms == 0
                 && s.table.members == 0
