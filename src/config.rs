@@ -4,7 +4,7 @@
 //! This module owns what a setting means and its default. It must not open
 //! sockets or start anything; `node` does that with the validated result.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -244,6 +245,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Trace export over OTLP/HTTP (protobuf). Unset keys fall back to the
+/// standard `OTEL_*` environment variables; setting
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` alone turns export on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL, e.g. `http://collector:4318`
+    /// (`/v1/traces` is appended). Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// or `OTEL_EXPORTER_OTLP_ENDPOINT`; none of them: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of every span. Unset: `OTEL_SERVICE_NAME`, else `starling`.
+    pub service_name: Option<String>,
+    /// The share of publishes traced, 0.0 to 1.0 (parent-based: a publish
+    /// carrying a sampled `traceparent` is always traced). Unset:
+    /// `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.0.
+    pub sampling_ratio: Option<f64>,
+    /// Extra resource attributes (added to `OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -398,6 +419,19 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| key_error("log.level", e.to_string()))?;
+        if let Some(ratio) = self.telemetry.sampling_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(key_error("telemetry.sampling_ratio", "must be from 0.0 to 1.0"));
+            }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !endpoint.starts_with("http://") || endpoint.parse::<warp::http::Uri>().is_err() {
+                return Err(key_error(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// URL (no TLS stack is built in: export to a local collector)",
+                ));
+            }
+        }
         self.validate_auth()?;
         self.validate_namespaces()
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -17,26 +17,43 @@ use starling_cluster::codec;
 use starling_cluster::raft::{PeerAnswer, PeerMessage, RaftGroup};
 use starling_cluster::transport::{BoxFuture, PeerHandler, PeerTransport};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::gateway::{Hub, Position, RemoteFanout, SequenceError};
 use crate::protocol::{ConnId, MessageFrom, RoomName};
 use crate::replicate::SharedTable;
+use crate::telemetry;
 
 /// Why a publish could not be sequenced. Retryable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct PublishError(pub String);
 
-/// Application messages between nodes.
+/// Application messages between nodes. `published_us` is when the
+/// publisher's node accepted the message (wall clock, microseconds since
+/// the Unix epoch), for the cross-node latency histogram.
 #[derive(Debug, Serialize, Deserialize)]
 enum AppMessage {
     /// To the owner: sequence this. `min_index` is the sender's applied log
     /// index; the owner first catches up to it, so it knows every member
     /// the sender knew of.
-    Publish { room: String, data: String, from: Option<(String, ConnId)>, min_index: u64 },
+    Publish { room: String, data: String, from: Option<(String, ConnId)>, min_index: u64, published_us: u64 },
     /// From the owner: a sequenced frame.
-    Deliver { room: String, epoch: u64, offset: u64, text: String },
+    Deliver { room: String, epoch: u64, offset: u64, text: String, published_us: u64 },
+}
+
+/// `at` on the wall clock, in microseconds since the Unix epoch.
+fn unix_micros(at: Instant) -> u64 {
+    let wall = SystemTime::now().checked_sub(at.elapsed()).unwrap_or(UNIX_EPOCH);
+    wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A wall-clock time from another node on this node's monotonic clock. A
+/// time ahead of this node's clock (skew) counts as now.
+fn instant_from_unix_micros(micros: u64) -> Instant {
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let age = Duration::from_micros(now_us.saturating_sub(micros));
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,13 +88,18 @@ impl Router {
         from: Option<MessageFrom<'_>>,
         published_at: Instant,
     ) -> Result<Option<Position>, PublishError> {
-        match self.hub.sequence(room, data, from, published_at) {
+        let sequenced = {
+            let _span = telemetry::sequence_span(room).entered();
+            self.hub.sequence(room, data, from, published_at)
+        };
+        match sequenced {
             Ok(position) => Ok(Some(position)),
             Err(SequenceError::NoRoom) => Ok(None),
             Err(SequenceError::NotOwner { owner, .. }) => {
                 let links =
                     self.links.as_ref().ok_or_else(|| PublishError("room owner is unknown".into()))?;
-                links.forward_publish(&owner, room, data, from).await.map(Some)
+                let span = telemetry::forward_span(room, &owner);
+                links.forward_publish(&owner, room, data, from, published_at).instrument(span).await.map(Some)
             }
         }
     }
@@ -144,6 +166,30 @@ impl PeerLinks {
         self.gossip_addrs.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
+    /// Every outbound link's state, labelled with the peer's name.
+    pub fn link_scrape(&self) -> Vec<telemetry::LinkScrape> {
+        let names: HashMap<String, String> =
+            self.directory().into_iter().map(|(name, addr)| (addr, name)).collect();
+        self.transport
+            .link_stats()
+            .into_iter()
+            .map(|link| telemetry::LinkScrape {
+                peer: names.get(&link.addr).cloned().unwrap_or(link.addr),
+                connected: link.connected,
+                queued: link.queued,
+                sent: link.sent,
+            })
+            .collect()
+    }
+
+    /// Frames to peers dropped so far: (queue full, link lost).
+    pub fn drop_counts(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.transport
+            .stats()
+            .map(|s| (s.dropped_queue_full.load(Relaxed), s.dropped_link_lost.load(Relaxed)))
+    }
+
     fn peer_addr(&self, name: &str) -> Option<String> {
         self.directory().remove(name)
     }
@@ -154,6 +200,7 @@ impl PeerLinks {
         room: &RoomName,
         data: &RawValue,
         from: Option<MessageFrom<'_>>,
+        published_at: Instant,
     ) -> Result<Position, PublishError> {
         let addr = self
             .peer_addr(owner)
@@ -163,11 +210,12 @@ impl PeerLinks {
             data: data.get().to_string(),
             from: from.map(|f| (f.user.to_string(), f.conn)),
             min_index: self.shared.applied_index(),
+            published_us: unix_micros(published_at),
         };
         let body = wrap(&message).map_err(PublishError)?;
         let answer = self
             .transport
-            .request(&addr, body, FORWARD_TIMEOUT)
+            .request(&addr, body, telemetry::current_traceparent(), FORWARD_TIMEOUT)
             .await
             .map_err(|e| PublishError(format!("forward to the room owner failed: {e}")))?;
         let answer: PeerAnswer = codec::decode(&answer).map_err(|e| PublishError(e.to_string()))?;
@@ -187,18 +235,20 @@ fn wrap(message: &AppMessage) -> Result<Vec<u8>, String> {
 }
 
 impl RemoteFanout for PeerLinks {
-    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes) {
+    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes, published_at: Instant) {
         let message = AppMessage::Deliver {
             room: room.to_string(),
             epoch: position.epoch,
             offset: position.offset,
             text: text.as_str().to_string(),
+            published_us: unix_micros(published_at),
         };
         let Ok(body) = wrap(&message) else { return };
+        let trace = telemetry::current_traceparent();
         // One copy per node; every node gets every frame of the room, in
         // order (one link per peer), and keeps what its members need.
         for (name, addr) in self.directory() {
-            if let Err(error) = self.transport.send(&addr, body.clone()) {
+            if let Err(error) = self.transport.send(&addr, body.clone(), trace.clone()) {
                 debug!(peer = %name, %error, "delivery to peer dropped");
             }
         }
@@ -212,36 +262,46 @@ pub struct AppHandler {
 }
 
 impl PeerHandler for AppHandler {
-    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn request(
+        &self,
+        from: &str,
+        body: Vec<u8>,
+        trace: Option<String>,
+    ) -> BoxFuture<Result<Vec<u8>, String>> {
         let (hub, shared, from) = (Arc::clone(&self.hub), Arc::clone(&self.shared), from.to_string());
         Box::pin(async move {
-            let AppMessage::Publish { room, data, from: sender, min_index } =
+            let AppMessage::Publish { room: room_name, data, from: sender, min_index, published_us } =
                 codec::decode::<AppMessage>(&body).map_err(|e| e.to_string())?
             else {
                 return Err(format!("unexpected request from {from}"));
             };
-            let received_at = Instant::now();
+            let published_at = instant_from_unix_micros(published_us);
+            let span = telemetry::remote_sequence_span(&room_name, &from, trace.as_deref());
+            let room = room_name;
             let result = async {
                 shared.wait_applied(min_index).await.map_err(|e| e.to_string())?;
                 let room = RoomName::parse(&room).map_err(|e| e.to_string())?;
                 let data: &RawValue = serde_json::from_str(&data).map_err(|e| e.to_string())?;
                 let from = sender.as_ref().map(|(user, conn)| MessageFrom { user, conn: *conn });
-                match hub.sequence(&room, data, from, received_at) {
+                match hub.sequence(&room, data, from, published_at) {
                     Ok(position) => Ok((position.epoch, position.offset)),
                     Err(SequenceError::NoRoom) => Err("room has no members".to_string()),
                     Err(SequenceError::NotOwner { owner, .. }) => Err(format!("room owner moved to {owner}")),
                 }
             }
+            .instrument(span)
             .await;
             codec::encode(&AppAnswer::Published(result)).map_err(|e| e.to_string())
         })
     }
 
-    fn one_way(&self, from: &str, body: Vec<u8>) {
+    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>) {
         match codec::decode::<AppMessage>(&body) {
-            Ok(AppMessage::Deliver { room, epoch, offset, text }) => {
+            Ok(AppMessage::Deliver { room, epoch, offset, text, published_us }) => {
+                let _span = telemetry::deliver_span(&room, from, trace.as_deref()).entered();
                 if let Ok(room) = RoomName::parse(&room) {
-                    self.hub.deliver(&room, Position { epoch, offset }, Utf8Bytes::from(text));
+                    let published_at = instant_from_unix_micros(published_us);
+                    self.hub.deliver(&room, Position { epoch, offset }, Utf8Bytes::from(text), published_at);
                 }
             }
             Ok(_) => debug!(peer = %from, "unexpected one-way message"),

@@ -82,18 +82,32 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             config
         }
     };
-    starling::telemetry::init_logging(&config.log);
+    // Before the runtime: the span exporter's HTTP client must not be
+    // built inside it.
+    let telemetry = starling::telemetry::init(
+        &config.log,
+        &config.telemetry,
+        &config.node.name,
+        &starling::telemetry::OtelEnv::from_process(),
+    )?;
     let generated = config.needs_generated_secrets().then(|| generate_secrets(&mut config));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let exporting = telemetry.exporting();
+    let served = runtime.block_on(async move {
         let node = Node::start(config.clone()).await?;
+        if exporting {
+            tracing::info!("exporting traces over OTLP/HTTP");
+        }
         if let Some(secret) = generated {
             print_dev_banner(&config, &node, secret.as_deref())?;
         }
         wait_for_signal().await?;
         node.shutdown().await;
         Ok(())
-    })
+    });
+    // Spans still buffered go out before the process ends.
+    telemetry.shutdown();
+    served
 }
 
 /// Fills in a missing token secret and API key (loopback only, enforced by

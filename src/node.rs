@@ -148,6 +148,7 @@ impl Node {
             background.spawn(autopilot.run(stop_all.clone()));
         }
 
+        let links = cluster.as_ref().map(|c| Arc::clone(&c.links));
         let node = Node {
             gateway: Arc::clone(&gateway),
             client_addr,
@@ -176,6 +177,7 @@ impl Node {
             demo_secret,
             client_addr,
             cluster: node.cluster_view.clone(),
+            links,
         });
         let stop_api = node.stop_all.clone();
         let server = warp::serve(api::routes(state))

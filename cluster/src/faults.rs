@@ -56,6 +56,7 @@ impl PeerTransport for FaultyPeerTransport {
         &self,
         to: &str,
         body: Vec<u8>,
+        trace: Option<String>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
         if self.faults.is_cut_str(self.me, to) {
@@ -63,7 +64,7 @@ impl PeerTransport for FaultyPeerTransport {
             return Box::pin(async move { Err(TransportError::Unreachable(to)) });
         }
         let (faults, me, to) = (Arc::clone(&self.faults), self.me, to.to_string());
-        let answer = self.inner.request(&to, body, timeout);
+        let answer = self.inner.request(&to, body, trace, timeout);
         Box::pin(async move {
             let answer = answer.await;
             // The answer travels back over the reverse direction.
@@ -74,15 +75,23 @@ impl PeerTransport for FaultyPeerTransport {
         })
     }
 
-    fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError> {
+    fn send(&self, to: &str, body: Vec<u8>, trace: Option<String>) -> Result<(), TransportError> {
         if self.faults.is_cut_str(self.me, to) {
             return Err(TransportError::Unreachable(to.to_string()));
         }
-        self.inner.send(to, body)
+        self.inner.send(to, body, trace)
     }
 
     fn warm(&self, to: &str) {
         self.inner.warm(to);
+    }
+
+    fn link_stats(&self) -> Vec<crate::transport::LinkStats> {
+        self.inner.link_stats()
+    }
+
+    fn stats(&self) -> Option<Arc<crate::transport::TransportStats>> {
+        self.inner.stats()
     }
 }
 

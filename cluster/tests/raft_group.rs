@@ -35,10 +35,10 @@ impl Applier for Recorder {
 struct NoApp;
 
 impl PeerHandler for NoApp {
-    fn request(&self, _: &str, _: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn request(&self, _: &str, _: Vec<u8>, _: Option<String>) -> BoxFuture<Result<Vec<u8>, String>> {
         Box::pin(async { Err("no application handler".into()) })
     }
-    fn one_way(&self, _: &str, _: Vec<u8>) {}
+    fn one_way(&self, _: &str, _: Vec<u8>, _: Option<String>) {}
 }
 
 fn temp_dir() -> PathBuf {
@@ -188,7 +188,7 @@ async fn three_nodes_replicate_over_tcp_and_a_foreign_cluster_is_refused() {
 
     // A node of another cluster cannot talk to these.
     let stranger = TcpTransport::new(TcpTransportConfig::new("other-cluster", "stranger"));
-    let _ = Arc::clone(&stranger).send(&members[0].addr, vec![1]);
+    let _ = Arc::clone(&stranger).send(&members[0].addr, vec![1], None);
     wait_for("the handshake is refused", || {
         (stranger.stats.handshakes_refused.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(())
     })

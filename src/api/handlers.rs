@@ -12,6 +12,8 @@ use super::{error_response, ApiState};
 use crate::config::NamespaceConfig;
 use crate::gateway::{wire_member_list, Position};
 use crate::protocol::{CloseCode, ErrorCode, RoomName};
+use crate::telemetry;
+use tracing::Instrument;
 
 pub fn authorized(state: &ApiState, header: Option<&str>) -> bool {
     let Some((scheme, key)) = header.and_then(|h| h.split_once(' ')) else {
@@ -29,8 +31,44 @@ pub fn readyz(state: std::sync::Arc<ApiState>) -> Response {
 }
 
 pub fn metrics(state: std::sync::Arc<ApiState>) -> Response {
+    state.gateway.metrics.record_scrape(&scrape(&state));
     let text = state.metrics.render();
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+}
+
+/// Reads the values `/metrics` shows as gauges at scrape time.
+fn scrape(state: &ApiState) -> telemetry::Scrape {
+    let (queued_frames, queued_bytes) = state.gateway.sessions.queued();
+    let mut scrape = telemetry::Scrape { queued_frames, queued_bytes, ..Default::default() };
+    if let Some((group, membership)) = &state.cluster {
+        let metrics = group.metrics().borrow().clone();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let names: std::collections::HashMap<_, _> =
+            metrics.membership_config.membership().nodes().map(|(id, n)| (*id, n.name.clone())).collect();
+        let follower_lag = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(id, matched)| {
+                let name = names.get(id).cloned().unwrap_or_else(|| id.to_string());
+                (name, last_log_index.saturating_sub(matched.map_or(0, |m| m.index)))
+            })
+            .collect();
+        scrape.raft = Some(telemetry::RaftScrape {
+            term: metrics.current_term,
+            is_leader: metrics.current_leader == Some(metrics.id),
+            last_log_index,
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            follower_lag,
+        });
+        scrape.gossip_live_nodes = Some(membership.live_members().len());
+    }
+    if let Some(links) = &state.links {
+        scrape.links = links.link_scrape();
+        scrape.peer_drops = links.drop_counts();
+    }
+    scrape
 }
 
 fn bad_request(message: &str) -> Response {
@@ -67,7 +105,9 @@ fn room_and_namespace<'a>(
     Ok((room, namespace))
 }
 
-pub async fn publish(state: &ApiState, body: &[u8]) -> Response {
+/// `POST /api/publish`. A W3C `traceparent` header makes the publish part
+/// of the caller's trace.
+pub async fn publish(state: &ApiState, body: &[u8], traceparent: Option<&str>) -> Response {
     let received_at = Instant::now();
     #[derive(Deserialize)]
     struct Publish<'a> {
@@ -92,7 +132,9 @@ pub async fn publish(state: &ApiState, body: &[u8]) -> Response {
     }
     // A room with no members has no sequence: nothing is delivered, and
     // epoch 0 says so.
-    let position = match state.gateway.router.publish(&room, data, None, received_at).await {
+    let span = telemetry::publish_span(&room, None, traceparent);
+    let published = state.gateway.router.publish(&room, data, None, received_at).instrument(span).await;
+    let position = match published {
         Ok(position) => position.unwrap_or(Position { epoch: 0, offset: 0 }),
         Err(error) => {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.0)

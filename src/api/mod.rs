@@ -33,6 +33,8 @@ pub struct ApiState {
     /// In a cluster: the Raft group and gossip, for `/api/cluster`.
     pub cluster:
         Option<(Arc<starling_cluster::raft::RaftGroup>, Arc<starling_cluster::membership::Membership>)>,
+    /// In a cluster: the peer links, for their metrics.
+    pub links: Option<Arc<crate::forward::PeerLinks>>,
 }
 
 /// All routes of the API listener.
@@ -60,7 +62,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::post())
         .and(authorized.clone())
         .and(json_body)
-        .then(|state: Arc<ApiState>, body: Bytes| async move { handlers::publish(&state, &body).await });
+        .and(warp::header::optional::<String>("traceparent"))
+        .then(|state: Arc<ApiState>, body: Bytes, traceparent: Option<String>| async move {
+            handlers::publish(&state, &body, traceparent.as_deref()).await
+        });
     let presence = warp::path!("api" / "rooms" / String / "presence")
         .and(warp::get())
         .and(authorized.clone())

@@ -16,12 +16,12 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::outbound::{OutFrame, PushError};
+use super::outbound::{OutFrame, Published, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
 use crate::protocol::{self, CloseCode, MessageFrom, RoomName};
 use crate::rooms::{Effect, LeaveReason, MemberRecord, RoomTable};
-use crate::telemetry::Metrics;
+use crate::telemetry::{self, Metrics};
 
 /// Where a room's message stream stands: the next message gets `offset + 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +31,9 @@ pub struct Position {
 }
 
 /// Sends a sequenced frame to the other nodes (the cluster's forwarding).
+/// Called inside the span of the sequencing, whose trace context it sends on.
 pub trait RemoteFanout: Send + Sync + 'static {
-    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes);
+    fn deliver(&self, room: &RoomName, position: Position, text: &Utf8Bytes, published_at: Instant);
 }
 
 /// Why [`Hub::sequence`] did not sequence.
@@ -238,18 +239,22 @@ impl Hub {
             data,
             from,
         ));
-        self.fan_out(&local.subscribers, &text, Some(published_at));
+        {
+            let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
+            self.fan_out(&local.subscribers, &text, Some(Published { at: published_at, cross_node: false }));
+        }
         if let Some(remote) = self.remote.get() {
             // Under the room lock: frames leave in offset order.
-            remote.deliver(room, position, &text);
+            remote.deliver(room, position, &text, published_at);
         }
         self.metrics.publishes.increment(1);
         Ok(position)
     }
 
     /// Takes a frame sequenced by the room's owner on another node. Frames of
-    /// an older epoch are dropped; a newer epoch is adopted.
-    pub fn deliver(&self, room: &RoomName, position: Position, text: Utf8Bytes) {
+    /// an older epoch are dropped; a newer epoch is adopted. `published_at`
+    /// is the publisher's accept time, mapped onto this node's clock.
+    pub fn deliver(&self, room: &RoomName, position: Position, text: Utf8Bytes, published_at: Instant) {
         let Some(local) = self.room(room) else {
             return;
         };
@@ -261,13 +266,14 @@ impl Hub {
         }
         local.epoch = position.epoch;
         local.last_offset = position.offset;
-        self.fan_out(&local.subscribers, &text, Some(Instant::now()));
+        let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
+        self.fan_out(&local.subscribers, &text, Some(Published { at: published_at, cross_node: true }));
     }
 
-    fn fan_out(&self, subscribers: &[Arc<SessionEntry>], text: &Utf8Bytes, published_at: Option<Instant>) {
+    fn fan_out(&self, subscribers: &[Arc<SessionEntry>], text: &Utf8Bytes, published: Option<Published>) {
         let mut delivered = 0u64;
         for subscriber in subscribers {
-            let frame = OutFrame { text: text.clone(), published_at };
+            let frame = OutFrame { text: text.clone(), published };
             match subscriber.outbound.push(frame) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Overflow) => self.metrics.drops_slow_consumer.increment(1),

@@ -15,13 +15,27 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::CloseCode;
 
+/// When a message was accepted from its publisher, and whether it crossed
+/// nodes on its way here, for the publish-to-deliver latency histograms.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    pub at: Instant,
+    pub cross_node: bool,
+}
+
 /// One encoded frame waiting to be written.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
     pub text: Utf8Bytes,
-    /// When the message was accepted from its publisher, for the
-    /// publish-to-deliver latency histogram; `None` for other frames.
-    pub published_at: Option<Instant>,
+    /// Set on room messages; `None` for other frames.
+    pub published: Option<Published>,
+}
+
+impl OutFrame {
+    /// A frame that is not a room message (welcome, reply, event).
+    pub fn control(text: impl Into<Utf8Bytes>) -> OutFrame {
+        OutFrame { text: text.into(), published: None }
+    }
 }
 
 /// Why a frame was not queued.
@@ -111,6 +125,12 @@ impl Outbound {
         self.lock().closing
     }
 
+    /// Frames and bytes waiting to be written.
+    pub fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.frames.len(), state.bytes)
+    }
+
     /// Waits until there are frames or a close, then moves every queued frame
     /// into `batch` (which must be empty).
     pub async fn next_batch(&self, batch: &mut VecDeque<OutFrame>) -> BatchEnd {
@@ -152,7 +172,7 @@ mod tests {
     use super::*;
 
     fn frame(text: &str) -> OutFrame {
-        OutFrame { text: text.into(), published_at: None }
+        OutFrame::control(text)
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ use crate::config::PublishPolicy;
 use crate::protocol::{self, parse_request, CloseCode, ErrorBody, ErrorCode, MessageFrom, Request, RoomName};
 use crate::replicate::ReplicateError;
 use crate::rooms::{Effect, MemberRecord, RoomCommand, RoomSnapshot};
+use crate::telemetry;
 
 /// Runs a session to its end. `shutdown` is the node's hard stop: pending
 /// writes are abandoned when it fires (draining closes sessions before that).
@@ -68,7 +69,7 @@ pub async fn run<S, R>(
             user: &entry.user,
             heartbeat_ms: gateway.config.websocket.heartbeat_ms,
         });
-        let _ = entry.outbound.push(OutFrame { text: welcome.into(), published_at: None });
+        let _ = entry.outbound.push(OutFrame::control(welcome));
 
         let mut session = Session::new(Arc::clone(&gateway), Arc::clone(&entry), claims);
         let close_timeout = Duration::from_millis(gateway.config.websocket.close_timeout_ms);
@@ -175,7 +176,7 @@ impl Session {
     }
 
     fn send(&self, text: String) {
-        let _ = self.entry.outbound.push(OutFrame { text: text.into(), published_at: None });
+        let _ = self.entry.outbound.push(OutFrame::control(text));
     }
 
     fn send_error(&self, id: Option<u64>, error: &ErrorBody) {
@@ -294,7 +295,10 @@ impl Session {
         let result = match envelope.request {
             Request::Join { room, meta } => self.join(id, room, meta.as_deref()).await,
             Request::Leave { room } => self.leave(room).await,
-            Request::Publish { room, data, .. } => self.publish(&room, &data).await,
+            Request::Publish { room, data, traceparent } => {
+                let span = telemetry::publish_span(&room, Some(self.entry.conn), traceparent.as_deref());
+                self.publish(&room, &data).instrument(span).await
+            }
             Request::Presence { room } => self.presence(&room).await,
             Request::Pong => return None,
         };
@@ -547,7 +551,7 @@ where
     let mut batch = VecDeque::new();
     loop {
         let end = outbound.next_batch(&mut batch).await;
-        let oldest = batch.iter().find_map(|frame| frame.published_at);
+        let oldest = batch.iter().find_map(|frame| frame.published);
         let written = {
             let write = write_batch(&mut sink, &mut batch);
             tokio::pin!(write);
@@ -566,8 +570,8 @@ where
             }
         };
         batch.clear();
-        if let Some(published_at) = oldest.filter(|_| written) {
-            gateway.metrics.observe_delivery(published_at.elapsed());
+        if let Some(published) = oldest.filter(|_| written) {
+            gateway.metrics.observe_delivery(published.at.elapsed(), published.cross_node);
         }
         let code = match (written, end) {
             (true, BatchEnd::Open) => continue,

@@ -41,6 +41,11 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Frames and bytes waiting in every session's outbound queue.
+    pub fn queued(&self) -> (usize, usize) {
+        self.read().values().map(|e| e.outbound.depth()).fold((0, 0), |(f, b), (df, db)| (f + df, b + db))
+    }
+
     /// Every open session, for draining.
     pub fn all(&self) -> Vec<Arc<SessionEntry>> {
         self.read().values().cloned().collect()

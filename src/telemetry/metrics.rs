@@ -45,9 +45,14 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub drops_slow_consumer: Counter,
     pub rate_limited: Counter,
-    pub delivery_latency: Histogram,
+    /// Publish-to-deliver latency of messages published on this node.
+    pub delivery_latency_local: Histogram,
+    /// The same for messages that crossed nodes (publisher's node or owner
+    /// elsewhere); across machines it includes their clock skew.
+    pub delivery_latency_cross: Histogram,
     pub rooms: Gauge,
     errors: Vec<(ErrorCode, Counter)>,
+    node: String,
 }
 
 impl Metrics {
@@ -70,9 +75,15 @@ impl Metrics {
             deliveries: counter!("starling_deliveries_total", "node" => node.clone()),
             drops_slow_consumer: counter!("starling_dropped_total", "node" => node.clone(), "reason" => "slow_consumer"),
             rate_limited: counter!("starling_rate_limited_total", "node" => node.clone()),
-            delivery_latency: histogram!("starling_delivery_latency_seconds", "node" => node.clone()),
+            delivery_latency_local: histogram!(
+                "starling_delivery_latency_seconds", "node" => node.clone(), "path" => "local"
+            ),
+            delivery_latency_cross: histogram!(
+                "starling_delivery_latency_seconds", "node" => node.clone(), "path" => "cross_node"
+            ),
             rooms: gauge!("starling_rooms", "node" => node.clone()),
             errors,
+            node,
         }
     }
 
@@ -87,7 +98,78 @@ impl Metrics {
             .increment(1);
     }
 
-    pub fn observe_delivery(&self, latency: Duration) {
-        self.delivery_latency.record(latency.as_secs_f64());
+    pub fn observe_delivery(&self, latency: Duration, cross_node: bool) {
+        let histogram = if cross_node { &self.delivery_latency_cross } else { &self.delivery_latency_local };
+        histogram.record(latency.as_secs_f64());
     }
+
+    /// Sets the gauges read at scrape time (cheaper than tracking them on
+    /// the hot path).
+    pub fn record_scrape(&self, scrape: &Scrape) {
+        let node = &self.node;
+        gauge!("starling_outbound_queue_frames", "node" => node.clone()).set(scrape.queued_frames as f64);
+        gauge!("starling_outbound_queue_bytes", "node" => node.clone()).set(scrape.queued_bytes as f64);
+        if let Some(raft) = &scrape.raft {
+            gauge!("starling_raft_term", "node" => node.clone()).set(raft.term as f64);
+            gauge!("starling_raft_is_leader", "node" => node.clone()).set(if raft.is_leader {
+                1.0
+            } else {
+                0.0
+            });
+            gauge!("starling_raft_last_log_index", "node" => node.clone()).set(raft.last_log_index as f64);
+            gauge!("starling_raft_applied_index", "node" => node.clone()).set(raft.applied_index as f64);
+            gauge!("starling_raft_apply_lag_entries", "node" => node.clone())
+                .set(raft.last_log_index.saturating_sub(raft.applied_index) as f64);
+            for (peer, lag) in &raft.follower_lag {
+                gauge!("starling_raft_follower_lag_entries", "node" => node.clone(), "peer" => peer.clone())
+                    .set(*lag as f64);
+            }
+        }
+        if let Some(live) = scrape.gossip_live_nodes {
+            gauge!("starling_gossip_live_nodes", "node" => node.clone()).set(live as f64);
+        }
+        for link in &scrape.links {
+            let labels = [("node", node.clone()), ("peer", link.peer.clone())];
+            gauge!("starling_peer_link_up", &labels).set(if link.connected { 1.0 } else { 0.0 });
+            gauge!("starling_peer_queue_frames", &labels).set(link.queued as f64);
+            counter!("starling_peer_frames_sent_total", &labels).absolute(link.sent);
+        }
+        if let Some((queue_full, link_lost)) = scrape.peer_drops {
+            counter!("starling_dropped_total", "node" => node.clone(), "reason" => "peer_queue_full")
+                .absolute(queue_full);
+            counter!("starling_dropped_total", "node" => node.clone(), "reason" => "peer_link_lost")
+                .absolute(link_lost);
+        }
+    }
+}
+
+/// What the node reads of itself when `/metrics` is scraped.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub queued_frames: usize,
+    pub queued_bytes: usize,
+    pub raft: Option<RaftScrape>,
+    pub gossip_live_nodes: Option<usize>,
+    pub links: Vec<LinkScrape>,
+    /// Frames to peers dropped: (queue full, link lost).
+    pub peer_drops: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct RaftScrape {
+    pub term: u64,
+    pub is_leader: bool,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// On the leader: entries each follower is behind, by node name.
+    pub follower_lag: Vec<(String, u64)>,
+}
+
+#[derive(Debug)]
+pub struct LinkScrape {
+    /// The peer's node name (its address when the name is unknown).
+    pub peer: String,
+    pub connected: bool,
+    pub queued: usize,
+    pub sent: u64,
 }

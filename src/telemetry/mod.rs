@@ -1,5 +1,6 @@
-//! Logs and metrics: the tracing subscriber, the Prometheus recorder, and
-//! the name of every metric the node exports.
+//! Logs, traces and metrics: the tracing subscriber with OTLP export, the
+//! spans of a message's trace, the Prometheus recorder, and the name of
+//! every metric the node exports.
 //!
 //! Everything that counts something goes through [`Metrics`], whose handles
 //! are registered once so the hot path does no name lookups. This module
@@ -7,6 +8,11 @@
 
 mod logging;
 mod metrics;
+mod spans;
 
-pub use self::logging::init_logging;
-pub use self::metrics::{install_recorder, Metrics, MetricsHandle};
+pub use self::logging::{export_plan, init, init_logging, ExportPlan, OtelEnv, Telemetry};
+pub use self::metrics::{install_recorder, LinkScrape, Metrics, MetricsHandle, RaftScrape, Scrape};
+pub use self::spans::{
+    current_traceparent, deliver_span, exporting, fanout_span, format_traceparent, forward_span,
+    parse_traceparent, publish_span, remote_sequence_span, sequence_span, TRACE_TARGET,
+};

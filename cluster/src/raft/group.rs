@@ -166,7 +166,7 @@ impl RaftGroup {
                 let message = PeerMessage::Propose(command.clone());
                 let body = codec::encode(&message)
                     .map_err(|e| (ProposeRefusal::Failed(e.to_string()), Vec::new()))?;
-                let answer = self.transport.request(&node.peer_addr, body, self.propose_timeout).await;
+                let answer = self.transport.request(&node.peer_addr, body, None, self.propose_timeout).await;
                 match answer.map(|bytes| codec::decode::<PeerAnswer>(&bytes)) {
                     Ok(Ok(PeerAnswer::Propose(Ok(response)))) => Ok(response),
                     Ok(Ok(PeerAnswer::Propose(Err(refusal)))) => Err((refusal, command)),
@@ -223,7 +223,7 @@ impl RaftGroup {
         let node = node.ok_or(ProposeRefusal::NotLeader { leader: None })?;
         let body =
             codec::encode(&PeerMessage::ReadIndex).map_err(|e| ProposeRefusal::Failed(e.to_string()))?;
-        let answer = self.transport.request(&node.peer_addr, body, self.propose_timeout).await;
+        let answer = self.transport.request(&node.peer_addr, body, None, self.propose_timeout).await;
         match answer.map(|bytes| codec::decode::<PeerAnswer>(&bytes)) {
             Ok(Ok(PeerAnswer::ReadIndex(result))) => result,
             Ok(_) => Err(ProposeRefusal::Failed("bad answer to a read index".into())),
@@ -269,7 +269,12 @@ struct GroupHandler {
 }
 
 impl PeerHandler for GroupHandler {
-    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn request(
+        &self,
+        from: &str,
+        body: Vec<u8>,
+        trace: Option<String>,
+    ) -> BoxFuture<Result<Vec<u8>, String>> {
         let (group, app, from) = (Arc::clone(&self.group), Arc::clone(&self.app), from.to_string());
         Box::pin(async move {
             let message: PeerMessage = codec::decode(&body).map_err(|e| e.to_string())?;
@@ -280,15 +285,15 @@ impl PeerHandler for GroupHandler {
                 PeerMessage::Snapshot(rpc) => PeerAnswer::Snapshot(raft.install_snapshot(rpc).await),
                 PeerMessage::Propose(command) => PeerAnswer::Propose(group.write_locally(command).await),
                 PeerMessage::ReadIndex => PeerAnswer::ReadIndex(group.read_index_locally().await),
-                PeerMessage::App(body) => PeerAnswer::App(app.request(&from, body).await?),
+                PeerMessage::App(body) => PeerAnswer::App(app.request(&from, body, trace).await?),
             };
             codec::encode(&answer).map_err(|e| e.to_string())
         })
     }
 
-    fn one_way(&self, from: &str, body: Vec<u8>) {
+    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>) {
         match codec::decode::<PeerMessage>(&body) {
-            Ok(PeerMessage::App(body)) => self.app.one_way(from, body),
+            Ok(PeerMessage::App(body)) => self.app.one_way(from, body, trace),
             Ok(_) => debug!(peer = %from, "ignoring a one-way raft message"),
             Err(error) => debug!(peer = %from, %error, "undecodable one-way message"),
         }

@@ -83,7 +83,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> RpcResult<PeerAnswer, E> {
         let body = codec::encode(&message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = self.transport.request(&self.addr, body, timeout).await.map_err(|e| match e {
+        let answer = self.transport.request(&self.addr, body, None, timeout).await.map_err(|e| match e {
             TransportError::Remote { .. } => RPCError::Network(NetworkError::new(&e)),
             other => RPCError::Unreachable(Unreachable::new(&other)),
         })?;

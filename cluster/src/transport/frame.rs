@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::codec;
 
 /// Bumped on any change to [`Frame`]; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -79,6 +79,7 @@ impl PeerTransport for MemoryTransport {
         &self,
         to: &str,
         body: Vec<u8>,
+        trace: Option<String>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
         let (network, from, to) = (Arc::clone(&self.network), self.from.clone(), to.to_string());
@@ -86,7 +87,7 @@ impl PeerTransport for MemoryTransport {
             let Some((sender, handler)) = network.reach(&from, &to) else {
                 return Err(TransportError::Unreachable(to));
             };
-            let answer = tokio::time::timeout(timeout, handler.request(&sender, body)).await;
+            let answer = tokio::time::timeout(timeout, handler.request(&sender, body, trace)).await;
             match answer {
                 // The response travels back over the reverse direction.
                 Ok(_) if network.is_cut(&to, &from) => Err(TransportError::Timeout(to)),
@@ -97,10 +98,10 @@ impl PeerTransport for MemoryTransport {
         })
     }
 
-    fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError> {
+    fn send(&self, to: &str, body: Vec<u8>, trace: Option<String>) -> Result<(), TransportError> {
         let (sender, handler) =
             self.network.reach(&self.from, to).ok_or_else(|| TransportError::Unreachable(to.to_string()))?;
-        handler.one_way(&sender, body);
+        handler.one_way(&sender, body, trace);
         Ok(())
     }
 }

@@ -43,33 +43,61 @@ pub enum TransportError {
 pub trait PeerHandler: Send + Sync + 'static {
     /// Answers a request from `from`; an `Err` reaches the caller as
     /// [`TransportError::Remote`].
-    fn request(&self, from: &str, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, String>>;
+    /// `trace` is the W3C `traceparent` the frame carried, if any.
+    fn request(&self, from: &str, body: Vec<u8>, trace: Option<String>)
+        -> BoxFuture<Result<Vec<u8>, String>>;
     /// Takes a one-way message from `from`.
-    fn one_way(&self, from: &str, body: Vec<u8>);
+    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>);
 }
 
-/// Sending to peers, by peer address.
+/// Sending to peers, by peer address. `trace` is a W3C `traceparent`
+/// carried in the frame beside the body, so a trace follows the message to
+/// the peer (None: the message is not part of a sampled trace).
 pub trait PeerTransport: Send + Sync + 'static {
     /// Sends a request and waits (at most `timeout`) for the response.
     fn request(
         &self,
         to: &str,
         body: Vec<u8>,
+        trace: Option<String>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>>;
     /// Queues a one-way message; never waits. While the link is (re)connecting
     /// messages wait in its bounded queue; those queued when a link breaks
     /// are dropped.
-    fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError>;
+    fn send(&self, to: &str, body: Vec<u8>, trace: Option<String>) -> Result<(), TransportError>;
     /// Opens the link to `to` ahead of the first message (a no-op where
     /// there is nothing to open).
     fn warm(&self, _to: &str) {}
+    /// The state of every outbound link, for metrics (empty where links
+    /// have no state).
+    fn link_stats(&self) -> Vec<LinkStats> {
+        Vec::new()
+    }
+    /// Counters of the whole transport, for metrics.
+    fn stats(&self) -> Option<Arc<TransportStats>> {
+        None
+    }
+}
+
+/// One outbound link as metrics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The peer address the link dials.
+    pub addr: String,
+    pub connected: bool,
+    /// Frames waiting in the link's queue.
+    pub queued: usize,
+    /// Frames written to the link since it was created.
+    pub sent: u64,
 }
 
 /// Counts a transport keeps for metrics.
 #[derive(Debug, Default)]
 pub struct TransportStats {
     pub dropped_queue_full: std::sync::atomic::AtomicU64,
+    /// Frames that were queued when their link broke, dropped unsent.
+    pub dropped_link_lost: std::sync::atomic::AtomicU64,
     pub handshakes_refused: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
 }

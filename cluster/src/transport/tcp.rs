@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::frame::{read_frame, read_frame_limited, write_frame, Frame, MAX_HELLO_BYTES, PROTOCOL_VERSION};
-use super::{BoxFuture, PeerTransport, SharedHandler, TransportError, TransportStats};
+use super::{BoxFuture, LinkStats, PeerTransport, SharedHandler, TransportError, TransportStats};
 
 #[derive(Debug, Clone)]
 pub struct TcpTransportConfig {
@@ -48,6 +48,7 @@ struct Link {
     pending: Pending,
     next_id: AtomicU64,
     connected: AtomicBool,
+    sent: AtomicU64,
 }
 
 pub struct TcpTransport {
@@ -92,6 +93,7 @@ impl TcpTransport {
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
         });
         links.insert(addr.to_string(), Arc::clone(&link));
         tokio::spawn(Arc::clone(self).run_link(addr.to_string(), Arc::clone(&link), queue_rx));
@@ -127,7 +129,9 @@ impl TcpTransport {
             // failed already (Raft retries), and one-way frames to a peer
             // that went away would arrive out of context.
             if was_connected {
-                while queue_rx.try_recv().is_ok() {}
+                while queue_rx.try_recv().is_ok() {
+                    self.stats.dropped_link_lost.fetch_add(1, Ordering::Relaxed);
+                }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -170,6 +174,7 @@ impl TcpTransport {
                 if write_frame(&mut writer, &frame).await.is_err() {
                     return;
                 }
+                link.sent.fetch_add(1, Ordering::Relaxed);
             }
         };
         let read = async {
@@ -246,15 +251,15 @@ impl TcpTransport {
         let read = async {
             loop {
                 match read_frame(&mut reader).await {
-                    Ok(Frame::Request { id, body, .. }) => {
+                    Ok(Frame::Request { id, body, traceparent }) => {
                         let (handler, response_tx, from) =
                             (Arc::clone(&handler), response_tx.clone(), node.clone());
                         tokio::spawn(async move {
-                            let body = handler.request(&from, body).await;
+                            let body = handler.request(&from, body, traceparent).await;
                             let _ = response_tx.send(Frame::Response { id, body });
                         });
                     }
-                    Ok(Frame::OneWay { body, .. }) => handler.one_way(&node, body),
+                    Ok(Frame::OneWay { body, traceparent }) => handler.one_way(&node, body, traceparent),
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -278,10 +283,27 @@ impl PeerTransport for Arc<TcpTransport> {
         self.link(to);
     }
 
+    fn link_stats(&self) -> Vec<LinkStats> {
+        lock(&self.links)
+            .iter()
+            .map(|(addr, link)| LinkStats {
+                addr: addr.clone(),
+                connected: link.connected.load(Ordering::SeqCst),
+                queued: self.config.queue_capacity - link.queue_tx.capacity(),
+                sent: link.sent.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Option<Arc<TransportStats>> {
+        Some(Arc::clone(&self.stats))
+    }
+
     fn request(
         &self,
         to: &str,
         body: Vec<u8>,
+        trace: Option<String>,
         timeout: Duration,
     ) -> BoxFuture<Result<Vec<u8>, TransportError>> {
         let link = self.link(to);
@@ -293,7 +315,7 @@ impl PeerTransport for Arc<TcpTransport> {
             let id = link.next_id.fetch_add(1, Ordering::Relaxed);
             let (waiter_tx, waiter_rx) = oneshot::channel();
             lock(&link.pending).insert(id, waiter_tx);
-            let frame = Frame::Request { id, traceparent: None, body };
+            let frame = Frame::Request { id, traceparent: trace, body };
             if let Err(error) = link.queue_tx.try_send(frame) {
                 lock(&link.pending).remove(&id);
                 return Err(match error {
@@ -314,9 +336,9 @@ impl PeerTransport for Arc<TcpTransport> {
         })
     }
 
-    fn send(&self, to: &str, body: Vec<u8>) -> Result<(), TransportError> {
+    fn send(&self, to: &str, body: Vec<u8>, trace: Option<String>) -> Result<(), TransportError> {
         let link = self.link(to);
-        link.queue_tx.try_send(Frame::OneWay { traceparent: None, body }).map_err(|error| match error {
+        link.queue_tx.try_send(Frame::OneWay { traceparent: trace, body }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 TransportError::QueueFull(to.to_string())
