@@ -89,7 +89,10 @@ impl Router {
         published_at: Instant,
     ) -> Result<Option<Position>, PublishError> {
         let sequenced = {
-            let _span = telemetry::sequence_span(room).entered();
+            // Named `sequence` only where it is: on the owner.
+            let span =
+                if self.hub.owns(room) { telemetry::sequence_span(room) } else { tracing::Span::none() };
+            let _entered = span.entered();
             self.hub.sequence(room, data, from, published_at)
         };
         match sequenced {

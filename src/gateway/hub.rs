@@ -283,6 +283,14 @@ impl Hub {
         self.metrics.deliveries.increment(delivered);
     }
 
+    /// Whether this node (this incarnation) sequences `room`.
+    pub fn owns(&self, room: &RoomName) -> bool {
+        self.room(room).is_some_and(|local| {
+            let local = lock(&local);
+            *local.owner == *self.node && local.owner_incarnation == self.incarnation
+        })
+    }
+
     /// The owner and epoch of `room`, if it exists.
     pub fn owner_of(&self, room: &RoomName) -> Option<(Arc<str>, u64)> {
         let local = self.room(room)?;

@@ -293,7 +293,10 @@ impl Session {
             RateDecision::Allowed => {}
         }
         let result = match envelope.request {
-            Request::Join { room, meta } => self.join(id, room, meta.as_deref()).await,
+            Request::Join { room, meta } => {
+                let span = telemetry::join_span(&room, self.entry.conn);
+                self.join(id, room, meta.as_deref()).instrument(span).await
+            }
             Request::Leave { room } => self.leave(room).await,
             Request::Publish { room, data, traceparent } => {
                 let span = telemetry::publish_span(&room, Some(self.entry.conn), traceparent.as_deref());

@@ -115,6 +115,15 @@ pub fn publish_span(room: &RoomName, conn: Option<ConnId>, traceparent: Option<&
     keep_if_sampled(with_remote_parent(span, traceparent))
 }
 
+/// A join, from the request to the committed membership (its own trace).
+pub fn join_span(room: &RoomName, conn: ConnId) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    let span = info_span!(target: TRACE_TARGET, parent: None, "join", room = %room, conn = %conn, trace_id = field::Empty);
+    keep_if_sampled(span)
+}
+
 /// Whether the current span belongs to a sampled message trace.
 fn in_trace() -> bool {
     exporting() && Span::current().metadata().is_some_and(|m| m.target() == TRACE_TARGET)
