@@ -280,7 +280,10 @@ impl Hub {
                 Err(PushError::Closing) => {}
             }
         }
-        self.metrics.deliveries.increment(delivered);
+        // Deliveries count room messages; presence events are not counted.
+        if published.is_some() {
+            self.metrics.deliveries.increment(delivered);
+        }
     }
 
     /// Whether this node (this incarnation) sequences `room`.
