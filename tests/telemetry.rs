@@ -284,13 +284,28 @@ async fn start_cluster(dir: &std::path::Path, otlp: SocketAddr) -> Vec<Proc> {
         node.wait_started().await;
     }
     for node in &nodes {
-        eventually("a leader and three voters", async || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
             let (status, body) = api_get(node.api, "/api/cluster").await;
-            let view: Value = serde_json::from_str(&body).ok()?;
-            let voters = view["nodes"].as_array()?.iter().filter(|n| n["voter"] == json!(true)).count();
-            (status == 200 && !view["leader"].is_null() && voters == 3).then_some(())
-        })
-        .await;
+            let formed = serde_json::from_str::<Value>(&body).ok().is_some_and(|view| {
+                let voters = view["nodes"]
+                    .as_array()
+                    .map_or(0, |nodes| nodes.iter().filter(|n| n["voter"] == json!(true)).count());
+                status == 200 && !view["leader"].is_null() && voters == 3
+            });
+            if formed {
+                break;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = nodes.iter().map(|n| n.log.lock().unwrap().join("\n")).collect();
+                panic!(
+                    "{}: no leader and three voters; last view {body}\n{}",
+                    node.name,
+                    logs.join("\n----\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     nodes
 }
