@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, and every Rust test (unit,
-# integration with real WebSocket clients, and real-process tests).
+# integration with real WebSocket clients, and real-process tests), then the
+# static checks of deploy/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== deploy/check.sh"
+bash deploy/check.sh
