@@ -405,12 +405,25 @@ async fn one_publish_makes_one_trace_across_every_node_it_touched() {
     let ids: std::collections::HashSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(ids.len(), trace.len(), "span ids are unique");
 
+    // A server-side close, so the close counter has a series too.
+    let body = json!({"user": "bea"}).to_string();
+    let disconnected =
+        http(nodes[1].api, "POST", "/api/disconnect", &[("Authorization", &auth)], &body).await;
+    assert_eq!(disconnected.status, 200);
+    eventually("bea's close", async || match b_events.next().await? {
+        Event::Closed { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+
     // The cluster's own gauges on /metrics: one leader, three live nodes,
     // links up, and cross-node latency observed where members were reached
     // from another node.
     let mut leaders = 0.0;
+    let mut all_text = String::new();
     for node in &nodes {
         let (_, text) = api_get(node.api, "/metrics").await;
+        all_text.push_str(&text);
         let value = |name: &str| -> f64 {
             text.lines()
                 .filter(|l| l.starts_with(name) && l.contains(&format!("node=\"{}\"", node.name)))
@@ -439,6 +452,14 @@ async fn one_publish_makes_one_trace_across_every_node_it_touched() {
         }
     }
     assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
+    // Every metric the shipped Grafana dashboard queries exists.
+    let dashboard = include_str!("../deploy/grafana/metrics.txt");
+    for name in dashboard.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let exported = all_text
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+        assert!(exported, "the dashboard queries {name}, which /metrics does not export");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
