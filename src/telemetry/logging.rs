@@ -145,6 +145,11 @@ pub fn init(
         tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().is_ok();
     if installed && provider.is_some() {
         spans::set_exporting(true);
+        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(protocol) = env.get(var).filter(|p| *p != "http/protobuf") {
+                tracing::warn!(%var, %protocol, "only http/protobuf is built in; exporting with http/protobuf");
+            }
+        }
     }
     Ok(Telemetry { provider: provider.filter(|_| installed) })
 }
