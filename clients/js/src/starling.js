@@ -19,6 +19,7 @@ export const DEFAULTS = Object.freeze({
   connectTimeoutMs: 5000,
   heartbeatGraceMs: 10000,
   queueLimit: 100,
+  retryPublish: true,
   maxAuthFailures: 3,
 });
 
@@ -320,11 +321,19 @@ export class StarlingClient extends Emitter {
       return Promise.reject(new StarlingError("left", `not in room ${room.name}`));
     }
     return new Promise((resolve, reject) => {
-      const item = { room, data, resolve, reject, timer: null, sent: false };
+      const item = { room, data, timer: null, done: false };
+      item.resolve = (value) => {
+        item.done = true;
+        resolve(value);
+      };
+      item.reject = (error) => {
+        item.done = true;
+        reject(error);
+      };
       // One deadline for the publish's whole life, queued and in flight.
       item.timer = setTimeout(() => {
         this.#dequeue(item);
-        reject(new StarlingError("timeout", `publish not answered within ${this.options.requestTimeoutMs} ms`));
+        item.reject(new StarlingError("timeout", `publish not answered within ${this.options.requestTimeoutMs} ms`));
       }, this.options.requestTimeoutMs);
       if (room.state === "joined" && this.state === "connected" && !this.#queue.some((q) => q.room === room)) {
         this.#sendPublish(item);
@@ -491,7 +500,6 @@ export class StarlingClient extends Emitter {
   }
 
   #sendPublish(item) {
-    item.sent = true;
     const id = this.#nextId++;
     this.#pending.set(id, {
       resolve: (result) => {
@@ -499,6 +507,13 @@ export class StarlingClient extends Emitter {
         item.resolve(result);
       },
       reject: (error) => {
+        if (this.options.retryPublish && RETRYABLE.has(error.code)) {
+          // Not sequenced (rate limited), or the room's owner is moving:
+          // try again within the publish's deadline (see README: a retry
+          // after an ambiguous `unavailable` can deliver twice).
+          setTimeout(() => this.#retryPublish(item), error.retryAfterMs || this.options.minReconnectDelayMs);
+          return;
+        }
         clearTimeout(item.timer);
         item.reject(error);
       },
@@ -506,6 +521,17 @@ export class StarlingClient extends Emitter {
     });
     item.pendingId = id;
     this.#send({ type: "publish", id, room: item.room.name, data: item.data });
+  }
+
+  #retryPublish(item) {
+    if (item.done) return;
+    delete item.pendingId;
+    if (item.room.state === "joined" && this.state === "connected") this.#sendPublish(item);
+    else if (item.room.state === "joining") this.#queue.unshift(item);
+    else {
+      clearTimeout(item.timer);
+      item.reject(new StarlingError("left", `not in room ${item.room.name}`));
+    }
   }
 
   #flushQueue(room) {
