@@ -3,6 +3,7 @@
 // and the close-code policy. Each test states the guarantee it proves.
 
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import { after, before, test } from "node:test";
 import { WebSocket } from "ws";
 
@@ -91,6 +92,10 @@ test("reply timeout and heartbeat watchdog on a frozen node", async () => {
   assert.equal(dave.session.heartbeat_ms, 1000);
   process.kill(node.child.pid, "SIGSTOP");
   try {
+    // kill(2) returns before every thread has stopped: wait for each to be in state T.
+    const task = `/proc/${node.child.pid}/task`;
+    const state = (tid) => readFileSync(`${task}/${tid}/stat`, "utf8").split(") ")[1][0];
+    await eventually("every thread of the node to be stopped", () => readdirSync(task).every((t) => state(t) === "T"));
     const started = Date.now();
     await assert.rejects(room.publish({ text: "into the void" }), { code: "timeout" });
     const waited = Date.now() - started;
