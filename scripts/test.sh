@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every Rust test (unit,
-# integration with real WebSocket clients, and real-process tests).
+# The whole test suite: formatting, lints, every Rust test (unit,
+# integration with real WebSocket clients, and real-process tests), and the
+# JS client's tests (real nodes, a real cluster, headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== JS client (clients/js)"
+cargo build --bin starling
+bash clients/js/test.sh
