@@ -11,7 +11,7 @@ import { StarlingClient } from "../src/starling.js";
 import { mintToken, nextEvent, startNodes } from "./harness.js";
 
 /** Kill rounds and clients on the killed node per round (samples = product). */
-const ROUNDS = Number(process.env.FAILOVER_ROUNDS || 3);
+const ROUNDS = Number(process.env.FAILOVER_ROUNDS || 4);
 const CLIENTS = Number(process.env.FAILOVER_CLIENTS || 20);
 /** The goal of issue 4, with the client's default settings. */
 const GOAL_P99_MS = 3000;
@@ -67,8 +67,8 @@ test("failover: clients of a killed node re-join elsewhere", async () => {
   const chatBack = [];
   for (let round = 0; round < ROUNDS; round++) {
     const leader = await cluster.leader(3);
-    // Rounds kill followers and, in the last round, the Raft leader.
-    const killLeader = round === ROUNDS - 1;
+    // Rounds alternate: a follower's node, then the Raft leader's node.
+    const killLeader = round % 2 === 1;
     const victimIndex = cluster.nodes.findIndex((n) => (n.name === leader) === killLeader);
     const victim = cluster.nodes[victimIndex];
     const others = cluster.nodes.filter((n) => n !== victim);
