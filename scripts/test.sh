@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every Rust test (unit,
-# integration with real WebSocket clients, and real-process tests), then the
-# static checks of deploy/.
+# The whole test suite: formatting, lints, every Rust test (unit,
+# integration with real WebSocket clients, and real-process tests), the
+# static checks of deploy/, and the JS client's tests (real nodes, a real
+# cluster, headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,6 @@ echo "== cargo test"
 cargo test --workspace
 echo "== deploy/check.sh"
 bash deploy/check.sh
+echo "== JS client (clients/js)"
+cargo build --bin starling
+bash clients/js/test.sh

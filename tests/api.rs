@@ -169,6 +169,32 @@ async fn metrics_move_with_traffic() {
     node.shutdown().await;
 }
 
+/// The demo page, its JavaScript client and dev tokens exist only with
+/// `api.demo` on; then the page imports the client, which is served as a
+/// JavaScript module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_serves_the_js_client_only_when_demo_is_on() {
+    let off = start_default().await;
+    for path in ["/", "/starling.js", "/dev/token?user=x"] {
+        assert_eq!(http(off.api_addr(), "GET", path, &[], "").await.status, 404, "{path} with demo off");
+    }
+    off.shutdown().await;
+
+    let mut config = test_config();
+    config.api.demo = true;
+    let on = start(config).await;
+    let page = http(on.api_addr(), "GET", "/", &[], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"import { StarlingClient } from "/starling.js""#), "{}", page.body);
+    let client = http(on.api_addr(), "GET", "/starling.js", &[], "").await;
+    assert_eq!(client.status, 200);
+    assert_eq!(client.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(client.body.contains("export class StarlingClient"));
+    let token = http(on.api_addr(), "GET", "/dev/token?user=ann", &[], "").await;
+    assert_eq!(token.status, 200);
+    on.shutdown().await;
+}
+
 trait ParseRoom {
     fn parse_room(&self) -> starling::protocol::RoomName;
 }

@@ -1,5 +1,6 @@
-//! The dev-mode demo page: a chat room with a live member list, and the
-//! token endpoint it uses. Both answer 404 unless `api.demo` is on.
+//! The dev-mode demo page: a chat room with a live member list, the
+//! JavaScript client it runs on (`clients/js/src/starling.js`, served as is),
+//! and the token endpoint it uses. All answer 404 unless `api.demo` is on.
 
 use std::time::Duration;
 
@@ -10,11 +11,20 @@ use super::ApiState;
 use crate::auth::{mint_token, MintRequest};
 
 const PAGE: &str = include_str!("demo.html");
+/// The browser client, an ES module with no dependencies and no build step.
+const CLIENT_JS: &str = include_str!("../../clients/js/src/starling.js");
 
 pub fn page(state: &ApiState) -> Option<Response> {
     state.gateway.config.api.demo.then(|| {
         let ws_url = format!("ws://{}/ws", state.client_addr);
         warp::reply::html(PAGE.replace("{{WS_URL}}", &ws_url)).into_response()
+    })
+}
+
+/// `GET /starling.js`: the JavaScript client the demo page imports.
+pub fn client_js(state: &ApiState) -> Option<Response> {
+    state.gateway.config.api.demo.then(|| {
+        warp::reply::with_header(CLIENT_JS, "content-type", "text/javascript; charset=utf-8").into_response()
     })
 }
 

@@ -82,6 +82,9 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
     let demo_page = warp::path::end().and(warp::get()).and(with_state.clone()).and_then(
         |state: Arc<ApiState>| async move { demo::page(&state).ok_or_else(warp::reject::not_found) },
     );
+    let demo_client = warp::path!("starling.js").and(warp::get()).and(with_state.clone()).and_then(
+        |state: Arc<ApiState>| async move { demo::client_js(&state).ok_or_else(warp::reject::not_found) },
+    );
     let demo_token = warp::path!("dev" / "token")
         .and(warp::get())
         .and(with_state)
@@ -104,6 +107,8 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .or(disconnect)
         .unify()
         .or(demo_page)
+        .unify()
+        .or(demo_client)
         .unify()
         .or(demo_token)
         .unify()
