@@ -90,8 +90,8 @@ impl Router {
     ) -> Result<Option<Position>, PublishError> {
         let sequenced = {
             // Named `sequence` only where it is: on the owner.
-            let span =
-                if self.hub.owns(room) { telemetry::sequence_span(room) } else { tracing::Span::none() };
+            let owner_here = telemetry::exporting() && self.hub.owns(room);
+            let span = if owner_here { telemetry::sequence_span(room) } else { tracing::Span::none() };
             let _entered = span.entered();
             self.hub.sequence(room, data, from, published_at)
         };
