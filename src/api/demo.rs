@@ -14,11 +14,28 @@ const PAGE: &str = include_str!("demo.html");
 /// The browser client, an ES module with no dependencies and no build step.
 const CLIENT_JS: &str = include_str!("../../clients/js/src/starling.js");
 
-pub fn page(state: &ApiState) -> Option<Response> {
+/// `GET /`: the demo page. Its WebSocket URL is the client listener's
+/// address; when that listener is bound to every interface (0.0.0.0 or ::)
+/// the host comes from the request's `Host` header instead (only a plain
+/// host name or address is taken from it).
+pub fn page(state: &ApiState, host: Option<&str>) -> Option<Response> {
     state.gateway.config.api.demo.then(|| {
-        let ws_url = format!("ws://{}/ws", state.client_addr);
+        let ws_url = ws_url(state.client_addr, host);
         warp::reply::html(PAGE.replace("{{WS_URL}}", &ws_url)).into_response()
     })
+}
+
+fn ws_url(client: std::net::SocketAddr, host: Option<&str>) -> String {
+    let from_header = host
+        .map(|h| match h.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().map(|a| format!("[{a}]")).unwrap_or_default(),
+            None => h.split(':').next().unwrap_or_default().to_string(),
+        })
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)));
+    match from_header {
+        Some(host) if client.ip().is_unspecified() => format!("ws://{host}:{}/ws", client.port()),
+        _ => format!("ws://{client}/ws"),
+    }
 }
 
 /// `GET /starling.js`: the JavaScript client the demo page imports.
@@ -48,4 +65,21 @@ pub fn token(state: &ApiState, user: Option<&str>) -> Option<Response> {
     };
     let token = mint_token(secret, &request).ok()?;
     Some(warp::reply::json(&serde_json::json!({ "token": token })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ws_url;
+
+    #[test]
+    fn the_page_points_at_a_reachable_client_listener() {
+        let any = "0.0.0.0:7601".parse().unwrap();
+        let local = "127.0.0.1:7601".parse().unwrap();
+        assert_eq!(ws_url(local, Some("example.org:7701")), "ws://127.0.0.1:7601/ws");
+        assert_eq!(ws_url(any, Some("example.org:7701")), "ws://example.org:7601/ws");
+        assert_eq!(ws_url(any, Some("[::1]:7701")), "ws://[::1]:7601/ws");
+        // Anything but a host name or address is not reflected into the page.
+        assert_eq!(ws_url(any, Some("x\"><script>")), "ws://0.0.0.0:7601/ws");
+        assert_eq!(ws_url(any, None), "ws://0.0.0.0:7601/ws");
+    }
 }

@@ -79,9 +79,13 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(authorized)
         .and(json_body)
         .map(|state: Arc<ApiState>, body: Bytes| handlers::disconnect(&state, &body));
-    let demo_page = warp::path::end().and(warp::get()).and(with_state.clone()).and_then(
-        |state: Arc<ApiState>| async move { demo::page(&state).ok_or_else(warp::reject::not_found) },
-    );
+    let demo_page = warp::path::end()
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::header::optional::<String>("host"))
+        .and_then(|state: Arc<ApiState>, host: Option<String>| async move {
+            demo::page(&state, host.as_deref()).ok_or_else(warp::reject::not_found)
+        });
     let demo_client = warp::path!("starling.js").and(warp::get()).and(with_state.clone()).and_then(
         |state: Arc<ApiState>| async move { demo::client_js(&state).ok_or_else(warp::reject::not_found) },
     );
