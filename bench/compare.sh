@@ -31,11 +31,12 @@ STARTED=$(date +%s)
 
 # ---- what each scenario does, full and quick --------------------------------
 if [ "$QUICK" = 1 ]; then
-  IDLE_STEPS=1000,5000,10000; SEARCH="--max-steps 2 --factor 2 --duration-secs 2 --grace-secs 1"
-  FIXED_SECS=3; JOIN_CONNS=100; JOINS_PER_CONN=10; CHURN_SECS=2; KILL_SECS=8; KILL_AT=3
+  IDLE_STEPS=1000,5000,10000; SEARCH="--max-steps 3 --factor 2 --duration-secs 2 --grace-secs 1"
+  SEARCH_FROM=${SEARCH_FROM:-40000}
+  QUIESCE_SECS=5; FIXED_SECS=3; JOIN_CONNS=100; JOINS_PER_CONN=10; CHURN_SECS=2; KILL_SECS=8; KILL_AT=3
 else
   IDLE_STEPS=1000,5000,10000,19000; SEARCH="--max-steps 6 --factor 2 --duration-secs 8 --grace-secs 3"
-  FIXED_SECS=20; JOIN_CONNS=600; JOINS_PER_CONN=20; CHURN_SECS=10; KILL_SECS=20; KILL_AT=5
+  QUIESCE_SECS=30; FIXED_SECS=20; JOIN_CONNS=600; JOINS_PER_CONN=20; CHURN_SECS=10; KILL_SECS=20; KILL_AT=5
 fi
 SEARCH_FROM=${SEARCH_FROM:-100000}
 
@@ -82,7 +83,6 @@ wait_ready() { # wait_ready API_PORT: Starling's /readyz, at most 30 s
   done
   echo "starling on api port $1 not ready" >&2; return 1
 }
-pin_server() { taskset -c "$SERVER_CPU" "$@"; }
 
 SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$("$BIN/starling" token --secret "$SECRET" --sub bench --rooms '*' --ttl 4h)
@@ -107,7 +107,7 @@ start_starling() {
     SERVER_PIDS+=($!); ALL_PIDS+=($!)
     URLS+=("ws://127.0.0.1:${client[i]}/ws")
   done
-  for i in $(seq "$n"); do wait_ready "${api[i]}"; done
+  for i in $(seq "$n"); do wait_ready "${api[i]}" || return 1; done
   PROTOCOL=starling
 }
 
@@ -116,28 +116,29 @@ start_socketio() {
   local n=$1 redis_url="" i port
   if [ "${2:-}" = redis ]; then
     port=$(free_port)
-    pin_server redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    # Started directly (no shell function in between), so $! is the server's own pid.
+    taskset -c "$SERVER_CPU" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
       --loglevel warning >"$OUT/redis.log" 2>&1 &
     SERVER_PIDS+=($!); ALL_PIDS+=($!)
-    wait_port "$port"
+    wait_port "$port" || return 1
     redis_url=redis://127.0.0.1:$port
   fi
   URLS=()
   for i in $(seq "$n"); do
     port=$(free_port)
-    PORT=$port REDIS_URL=$redis_url pin_server node bench/peers/socketio-server.js &
+    PORT=$port REDIS_URL=$redis_url taskset -c "$SERVER_CPU" node bench/peers/socketio-server.js &
     SERVER_PIDS+=($!); ALL_PIDS+=($!)
     URLS+=("ws://127.0.0.1:$port")
   done
-  for url in "${URLS[@]}"; do wait_port "${url##*:}"; done
+  for url in "${URLS[@]}"; do wait_port "${url##*:}" || return 1; done
   PROTOCOL=socketio
 }
 
 start_raw() {
   local port; port=$(free_port)
-  pin_server "$BIN/starling-bench" raw-server --listen "127.0.0.1:$port" &
+  taskset -c "$SERVER_CPU" "$BIN/starling-bench" raw-server --listen "127.0.0.1:$port" &
   SERVER_PIDS+=($!); ALL_PIDS+=($!)
-  wait_port "$port"
+  wait_port "$port" || return 1
   URLS=("ws://127.0.0.1:$port/ws")
   PROTOCOL=starling
 }
@@ -159,6 +160,7 @@ bench() {
   local peer=$1 scenario=$2; shift 2
   mkdir -p "$OUT/$peer"
   echo "== $peer: $scenario ($(( $(date +%s) - STARTED )) s in)"
+  "$BIN/starling-bench" quiesce --server-pids "$(join_by_comma "${SERVER_PIDS[@]}")" --max-secs "$QUIESCE_SECS"
   if ! taskset -c "$CLIENT_CPU" "$BIN/starling-bench" "$@" >"$OUT/$peer/$scenario.json.tmp"; then
     echo "!! $peer: $scenario failed" | tee -a "$OUT/failures.txt"
     rm -f "$OUT/$peer/$scenario.json.tmp"
@@ -169,7 +171,11 @@ bench() {
 
 run_peer() {
   local peer=$1 all pids first rest
-  start_peer "$peer"
+  if ! start_peer "$peer"; then
+    echo "!! $peer did not start" | tee -a "$OUT/failures.txt"
+    stop_servers
+    return 0
+  fi
   all=$(join_by_comma "${URLS[@]}")
   pids=$(join_by_comma "${SERVER_PIDS[@]}")
   local common=(--protocol "$PROTOCOL" --token "$TOKEN")
@@ -178,16 +184,18 @@ run_peer() {
     bench "$peer" idle idle "${common[@]}" --url "$all" --server-pids "$pids" --steps "$IDLE_STEPS" \
       --settle-secs 5
     # Fresh server after tens of thousands of connections.
-    stop_servers; start_peer "$peer"; all=$(join_by_comma "${URLS[@]}"); pids=$(join_by_comma "${SERVER_PIDS[@]}")
+    stop_servers
+    start_peer "$peer" || { echo "!! $peer did not restart" | tee -a "$OUT/failures.txt"; stop_servers; return 0; }
+    all=$(join_by_comma "${URLS[@]}"); pids=$(join_by_comma "${SERVER_PIDS[@]}")
   fi
   local shape rooms members
   for shape in 1x10000 1000x10 100x100; do
     rooms=${shape%x*}; members=${shape#*x}
-    bench "$peer" "fanout-$shape" fanout "${common[@]}" --url "$all" --server-pids "$pids" \
+    bench "$peer" "fanout-$shape" fanout "${common[@]}" --namespace fan --url "$all" --server-pids "$pids" \
       --rooms "$rooms" --members-per-room "$members" --search-from "$SEARCH_FROM" $SEARCH
   done
   # 10 rooms x 100 members x 20 msg/s = 20,000 deliveries/s.
-  local fixed=(--rooms 10 --members-per-room 100 --rates 20 --duration-secs "$FIXED_SECS" --server-pids "$pids")
+  local fixed=(--namespace fan --rooms 10 --members-per-room 100 --rates 20 --duration-secs "$FIXED_SECS" --server-pids "$pids")
   bench "$peer" latency-20k fanout "${common[@]}" --url "$all" "${fixed[@]}"
   bench "$peer" joins joins "${common[@]}" --url "$all" --conns "$JOIN_CONNS" --joins-per-conn "$JOINS_PER_CONN" --leave
   bench "$peer" churn churn "${common[@]}" --url "$all" --workers 50 --duration-secs "$CHURN_SECS"
@@ -197,7 +205,7 @@ run_peer() {
     bench "$peer" cross-other fanout "${common[@]}" --url "$rest" --publish-url "$first" "${fixed[@]}"
     # kill -9 the last server process (not Redis) while publishing from the first.
     local victim=${SERVER_PIDS[${#SERVER_PIDS[@]}-1]}
-    bench "$peer" kill fanout "${common[@]}" --url "$all" --publish-url "$first" --rooms 10 \
+    bench "$peer" kill fanout "${common[@]}" --namespace fan --url "$all" --publish-url "$first" --rooms 10 \
       --members-per-room 100 --rates 20 --duration-secs "$KILL_SECS" --grace-secs 5 --server-pids "$pids" \
       --kill-pid "$victim" --kill-after-secs "$KILL_AT"
   fi

@@ -7,6 +7,7 @@
 //   PORT=7000 REDIS_URL=redis://127.0.0.1:6379 node socketio-server.js
 //                                                      # with the Redis adapter
 "use strict";
+const http = require("http");
 const { Server } = require("socket.io");
 
 async function main() {
@@ -38,7 +39,13 @@ async function main() {
       io.to(room).emit("message", room, data);
     });
   });
-  io.listen(port);
+  // Loopback only, like every other peer in the comparison.
+  const httpServer = http.createServer();
+  io.attach(httpServer);
+  await new Promise((resolve, reject) => {
+    httpServer.once("error", reject);
+    httpServer.listen(port, "127.0.0.1", resolve);
+  });
   console.error(`socket.io peer listening on ${port}${process.env.REDIS_URL ? " with redis" : ""}`);
 }
 

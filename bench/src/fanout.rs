@@ -149,6 +149,8 @@ pub struct Swarm {
     received: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
     next_step: u64,
+    /// Progress lines say "warm-up" instead of the step number.
+    warming_up: bool,
 }
 
 fn room_name(namespace: &str, i: usize) -> String {
@@ -207,7 +209,7 @@ impl Swarm {
             tokio::spawn(publisher_loop(conn, args.protocol, name, padding.clone(), rx, sent.clone()));
             publishers.push(tx);
         }
-        Ok(Swarm { args, members, publishers, received, sent, next_step: 0 })
+        Ok(Swarm { args, members, publishers, received, sent, next_step: 0, warming_up: false })
     }
 
     /// One second of publishing at `rate`, not reported.
@@ -215,7 +217,9 @@ impl Swarm {
         let (duration, grace) = (self.args.duration_secs, self.args.grace_secs);
         self.args.duration_secs = 1.0;
         self.args.grace_secs = 1.0;
+        self.warming_up = true;
         let result = self.step(rate, None).await;
+        self.warming_up = false;
         (self.args.duration_secs, self.args.grace_secs) = (duration, grace);
         result.map(drop)
     }
@@ -225,6 +229,7 @@ impl Swarm {
     pub async fn step(&mut self, rate: f64, kill: Option<(u32, Duration)>) -> anyhow::Result<Value> {
         let step = self.next_step;
         self.next_step += 1;
+        let label = if self.warming_up { "warm-up".to_string() } else { format!("step {step}") };
         let duration_us = (self.args.duration_secs * 1e6) as u64;
         let start_us = now_us() + 200_000;
         let kill_us = kill.map(|(_, after)| start_us + after.as_micros() as u64);
@@ -264,7 +269,7 @@ impl Swarm {
                 tokio::select! {
                     sent = &mut rx => break sent.unwrap_or(0),
                     _ = progress.tick() => eprintln!(
-                        "fanout step {step} @{rate:.1}/room/s: {:.0} s, sent {}, delivered {} of ~{expected_total}",
+                        "fanout {label} @{rate:.1}/room/s: {:.0} s, sent {}, delivered {} of ~{expected_total}",
                         now_us().saturating_sub(start_us) as f64 / 1e6,
                         self.sent.load(Ordering::Relaxed),
                         self.received.load(Ordering::Relaxed),
@@ -346,7 +351,7 @@ impl Swarm {
             });
         }
         eprintln!(
-            "fanout step {step} @{rate:.1}/room/s: {} deliveries/s, p99 {p99} ms, missing {missing}, {}",
+            "fanout {label} @{rate:.1}/room/s: {} deliveries/s, p99 {p99} ms, missing {missing}, {}",
             report["deliveries_per_second"],
             if ok { "ok" } else { "FAILED the bound" }
         );

@@ -52,6 +52,14 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// Wait until the servers are idle (under 5% of a core over 500 ms),
+    /// so that one scenario's aftermath (disconnects, GC) does not load the next.
+    Quiesce {
+        #[arg(long)]
+        server_pids: String,
+        #[arg(long, default_value_t = 30.0)]
+        max_secs: f64,
+    },
     /// Print the Markdown comparison table for a directory of results.
     Report { dir: std::path::PathBuf },
 }
@@ -68,6 +76,12 @@ pub async fn run(command: Command) -> anyhow::Result<Value> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             eprintln!("raw-server: listening on {}", listener.local_addr()?);
             raw::serve(listener).await?;
+            Ok(Value::Null)
+        }
+        Command::Quiesce { server_pids, max_secs } => {
+            let pids = sys::parse_pids(&server_pids)?;
+            let waited = sys::quiesce(&pids, std::time::Duration::from_secs_f64(max_secs)).await;
+            eprintln!("quiesce: servers idle after {:.1} s", waited.as_secs_f64());
             Ok(Value::Null)
         }
         Command::Report { dir } => {

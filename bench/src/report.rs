@@ -164,6 +164,15 @@ fn figure(dir: &Path, peer: &str, row: &Row) -> Option<f64> {
     load(dir, peer, row.scenario).as_ref().and_then(row.figure)
 }
 
+/// For a step search in which no step met the bound: the lowest rate tried.
+fn below_every_step(dir: &Path, peer: &str, row: &Row) -> Option<f64> {
+    if !row.title.ends_with("max deliveries/s") {
+        return None;
+    }
+    let run = load(dir, peer, row.scenario)?;
+    run["steps"].as_array()?.iter().filter_map(|s| s["deliveries_per_second"].as_f64()).reduce(f64::min)
+}
+
 fn show(x: Option<f64>) -> String {
     match x {
         None => "–".into(),
@@ -200,8 +209,13 @@ pub fn markdown(dir: &Path) -> anyhow::Result<String> {
     for row in ROWS {
         let values: Vec<Option<f64>> = PEERS.iter().map(|(peer, _)| figure(dir, peer, row)).collect();
         out.push_str(&format!("| {} |", row.title));
-        for v in &values {
-            out.push_str(&format!(" {} |", show(*v)));
+        for (v, (peer, _)) in values.iter().zip(PEERS) {
+            let cell = match v {
+                None => below_every_step(dir, peer, row)
+                    .map_or_else(|| show(None), |x| format!("< {}", show(Some(x)))),
+                Some(_) => show(*v),
+            };
+            out.push_str(&format!(" {cell} |"));
         }
         out.push_str(&format!(
             " {} | {} | {} |\n",
@@ -213,7 +227,7 @@ pub fn markdown(dir: &Path) -> anyhow::Result<String> {
     out.push_str("\nRatios are Starling's figure divided by the peer's: above 1 is better for rows where higher is better (");
     let better: Vec<&str> = ROWS.iter().filter(|r| r.higher_is_better).map(|r| r.title).collect();
     out.push_str(&better.join("; "));
-    out.push_str("), below 1 is better for the others.\n\n");
+    out.push_str("), below 1 is better for the others. \"< N\": no step of the search met the bound (p99 within the bound, nothing lost); N is the lowest rate tried.\n\n");
     out.push_str(&goals(dir));
     Ok(out)
 }

@@ -44,3 +44,19 @@ pub fn kill9(pid: u32) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -9 {pid} failed");
     Ok(())
 }
+
+/// Polls until `pids` together use under 5% of a core over 500 ms, or
+/// `patience` runs out; returns how long it waited.
+pub async fn quiesce(pids: &[u32], patience: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let mut before = total_cpu(pids);
+    while started.elapsed() < patience {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = total_cpu(pids);
+        if now - before < 0.025 {
+            break;
+        }
+        before = now;
+    }
+    started.elapsed()
+}
