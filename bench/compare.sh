@@ -31,9 +31,9 @@ STARTED=$(date +%s)
 
 # ---- what each scenario does, full and quick --------------------------------
 if [ "$QUICK" = 1 ]; then
-  IDLE_STEPS=1000,5000,10000; SEARCH="--max-steps 3 --factor 2 --duration-secs 2 --grace-secs 1"
+  IDLE_STEPS=1000,5000,10000; SEARCH="--max-steps 2 --factor 2 --duration-secs 2 --grace-secs 1"
   SEARCH_FROM=${SEARCH_FROM:-40000}
-  QUIESCE_SECS=5; FIXED_SECS=3; JOIN_CONNS=100; JOINS_PER_CONN=10; CHURN_SECS=2; KILL_SECS=8; KILL_AT=3
+  QUIESCE_SECS=5; FIXED_SECS=3; JOIN_CONNS=100; JOINS_PER_CONN=10; CHURN_SECS=2; KILL_SECS=6; KILL_AT=2
 else
   IDLE_STEPS=1000,5000,10000,19000; SEARCH="--max-steps 6 --factor 2 --duration-secs 8 --grace-secs 3"
   QUIESCE_SECS=30; FIXED_SECS=20; JOIN_CONNS=600; JOINS_PER_CONN=20; CHURN_SECS=10; KILL_SECS=20; KILL_AT=5
@@ -63,6 +63,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 stop_servers() {
   for pid in "${SERVER_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done

@@ -135,6 +135,9 @@ impl MemberStats {
 
 struct Run {
     step: u64,
+    /// This room's first publish: the step's start plus a phase that
+    /// spreads the rooms evenly over one period, so that 1,000 rooms at
+    /// 1 msg/s make a steady 1,000 msg/s rather than one burst a second.
     start_us: u64,
     rate: f64,
     duration_us: u64,
@@ -245,9 +248,11 @@ impl Swarm {
         let cpu_before = total_cpu(&pids);
         let own_cpu_before = cpu_seconds(std::process::id())?;
         let mut done = Vec::with_capacity(self.publishers.len());
-        for publisher in &self.publishers {
+        let rooms = self.publishers.len() as f64;
+        for (room, publisher) in self.publishers.iter().enumerate() {
             let (tx, rx) = oneshot::channel();
-            let run = Run { step, start_us, rate, duration_us, done: tx };
+            let phase_us = (room as f64 / rooms * 1e6 / rate) as u64;
+            let run = Run { step, start_us: start_us + phase_us, rate, duration_us, done: tx };
             publisher.send(run).await.map_err(|_| anyhow::anyhow!("a publisher ended"))?;
             done.push(rx);
         }
