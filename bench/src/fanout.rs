@@ -284,11 +284,26 @@ impl Swarm {
             sent_per_room.push(sent);
         }
         let published_secs = now_us().saturating_sub(start_us) as f64 / 1e6;
-        let expected: u64 = self.members.iter().map(|(room, _)| sent_per_room[*room]).sum();
+        // Deliveries owed to, and received by, the members still connected
+        // (a killed node's members are left out).
+        let tally = |members: &[(usize, Arc<Mutex<MemberStats>>)]| -> (u64, u64) {
+            members.iter().fold((0, 0), |(owed, got), (room, stats)| {
+                let stats = stats.lock().expect("stats lock");
+                match stats.disconnected {
+                    true => (owed, got),
+                    false => (owed + sent_per_room[*room], got + stats.received),
+                }
+            })
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(self.args.grace_secs);
-        while self.received.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < deadline {
+        loop {
+            let (owed, got) = tally(&self.members);
+            if got >= owed || tokio::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let (expected, _) = tally(&self.members);
         let server_cpu = total_cpu(&pids) - cpu_before;
         let client_cpu = cpu_seconds(std::process::id())? - own_cpu_before;
         let mut latency = histogram();
