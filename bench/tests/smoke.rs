@@ -16,6 +16,10 @@ use starling_bench::run_args;
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 
+/// The tests run one at a time: the idle run reads this process's RSS, which
+/// another test's connections would disturb.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench has a parent").to_path_buf()
 }
@@ -73,6 +77,7 @@ fn assert_clean_step(step: &Value, rooms: u64, per_room: u64, rate: u64, secs: u
 /// failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_tool_measures_a_starling_node() {
+    let _serial = SERIAL.lock().await;
     let node = start_node().await;
     let url = format!("ws://{}/ws", node.client_addr());
     let token = token();
@@ -186,6 +191,7 @@ async fn bench_tool_measures_a_starling_node() {
 /// for the tool, and delivers every message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_ceiling_server_delivers_everything() {
+    let _serial = SERIAL.lock().await;
     let addr = starling_bench::raw::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let url = format!("ws://{addr}/ws");
     let fanout = bench(&[
@@ -214,6 +220,7 @@ async fn raw_ceiling_server_delivers_everything() {
 /// with a message, but under CI=true a missing install fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socketio_peer_delivers_everything() {
+    let _serial = SERIAL.lock().await;
     let peers = repo_root().join("bench/peers");
     if !peers.join("node_modules/socket.io").is_dir() {
         assert!(std::env::var("CI").is_err(), "CI must run `npm ci` in bench/peers");
