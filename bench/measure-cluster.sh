@@ -36,11 +36,11 @@ echo "cluster ready"
 ${PIN_BENCH:-taskset -c 1} $BIN/starling-bench joins --token "$TOKEN" \
   --url ws://127.0.0.1:7621/ws,ws://127.0.0.1:7622/ws,ws://127.0.0.1:7623/ws \
   --conns ${JOIN_CONNS:-600} --joins-per-conn 20 > "$OUT/joins-3nodes.json"
-python3 -c 'import json;d=json.load(open("'"$OUT"'/joins-3nodes.json"));print("joins across 3 nodes:", d["joins_per_second"], "/s, failed", d["failed"], "reply", d["reply_latency_ms"])'
+python3 -c 'import json;d=json.load(open("'"$OUT"'/joins-3nodes.json"));print("joins across 3 nodes:", d["operations_per_second"], "/s, failed", d["failed"], "reply", d["reply_latency_ms"])'
 
 for shape in same cross; do
   members=ws://127.0.0.1:7621/ws; [ $shape = cross ] && members=ws://127.0.0.1:7622/ws
   taskset -c 1 $BIN/starling-bench fanout --token "$TOKEN" --url $members --publish-url ws://127.0.0.1:7621/ws \
-    --members 100 --rate 200 --duration-secs 10 > "$OUT/latency-$shape-node.json"
-  python3 -c 'import json;d=json.load(open("'"$OUT/latency-$shape-node.json"'"));print("'$shape'-node publish->deliver:", d["deliveries_per_second"], "deliveries/s, missing", d["missing"], d["latency_ms"])'
+    --rooms 1 --members-per-room 100 --rates 200 --duration-secs 10 > "$OUT/latency-$shape-node.json"
+  python3 -c 'import json;d=json.load(open("'"$OUT/latency-$shape-node.json"'"))["steps"][0];print("'$shape'-node publish->deliver:", d["deliveries_per_second"], "deliveries/s, missing", d["missing"], d["latency_ms"])'
 done

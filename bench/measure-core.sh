@@ -26,19 +26,19 @@ trap 'kill -9 ${SERVER:-0} 2>/dev/null || true' EXIT
 
 start_server
 taskset -c 1 $BIN/starling-bench idle --url ws://127.0.0.1:7611/ws --token "$TOKEN" \
-  --conns 10000 --server-pid "$SERVER" > "$OUT/idle-10k.json"
+  --steps 10000 --server-pids "$SERVER" > "$OUT/idle-10k.json"
 stop_server
-echo "idle 10k: $(python3 -c 'import json;d=json.load(open("'"$OUT"'/idle-10k.json"));print(d["server_bytes_per_connection"],"bytes/conn")')"
+echo "idle 10k: $(python3 -c 'import json;d=json.load(open("'"$OUT"'/idle-10k.json"));print(d["bytes_per_connection_slope"],"bytes/conn")')"
 
 start_server
 RATES=("$@")
 [ ${#RATES[@]} -gt 0 ] || RATES=(200 600 1000 1400)
 for rate in "${RATES[@]}"; do
   taskset -c 1 $BIN/starling-bench fanout --url ws://127.0.0.1:7611/ws --token "$TOKEN" \
-    --members 1000 --rate "$rate" --duration-secs 10 --server-pid "$SERVER" > "$OUT/fanout-1000-$rate.json"
+    --rooms 1 --members-per-room 1000 --rates "$rate" --duration-secs 10 --server-pids "$SERVER" > "$OUT/fanout-1000-$rate.json"
   python3 - "$OUT/fanout-1000-$rate.json" <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
+d = json.load(open(sys.argv[1]))["steps"][0]
 l = d["latency_ms"]
 print(f'fanout 1x1000 @{d["rate_per_room"]:.0f}/s: {d["deliveries_per_second"]:.0f} deliveries/s, '
       f'missing {d["missing"]}, p50 {l["p50"]} ms, p99 {l["p99"]} ms, max {l["max"]} ms, '
