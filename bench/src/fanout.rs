@@ -151,6 +151,9 @@ pub struct Swarm {
     publishers: Vec<mpsc::Sender<Run>>,
     received: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
+    /// Publishes the server refused with an error reply (the publisher was
+    /// told; nothing was accepted and lost).
+    refused: Arc<AtomicU64>,
     next_step: u64,
     /// Progress lines say "warm-up" instead of the step number.
     warming_up: bool,
@@ -201,6 +204,7 @@ impl Swarm {
             }
         }
         let sent = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
         let mut publishers = Vec::with_capacity(args.rooms);
         let padding = "x".repeat(args.payload_bytes);
         for room in 0..args.rooms {
@@ -209,10 +213,11 @@ impl Swarm {
             let name = room_name(&args.namespace, room);
             conn.join(&name).await?;
             let (tx, rx) = mpsc::channel(1);
-            tokio::spawn(publisher_loop(conn, args.protocol, name, padding.clone(), rx, sent.clone()));
+            let counters = (sent.clone(), refused.clone());
+            tokio::spawn(publisher_loop(conn, args.protocol, name, padding.clone(), rx, counters));
             publishers.push(tx);
         }
-        Ok(Swarm { args, members, publishers, received, sent, next_step: 0, warming_up: false })
+        Ok(Swarm { args, members, publishers, received, sent, refused, next_step: 0, warming_up: false })
     }
 
     /// One second of publishing at `rate`, not reported.
@@ -235,6 +240,7 @@ impl Swarm {
         let label = if self.warming_up { "warm-up".to_string() } else { format!("step {step}") };
         let duration_us = (self.args.duration_secs * 1e6) as u64;
         let start_us = now_us() + 200_000;
+        let refused_before = self.refused.load(Ordering::Relaxed);
         let kill_us = kill.map(|(_, after)| start_us + after.as_micros() as u64);
         for (_, stats) in &self.members {
             let mut stats = stats.lock().expect("stats lock");
@@ -343,6 +349,7 @@ impl Swarm {
             "step": step,
             "rate_per_room": rate,
             "published": published,
+            "publishes_refused": self.refused.load(Ordering::Relaxed) - refused_before,
             "expected_deliveries": expected,
             "received": received,
             "missing": missing,
@@ -403,12 +410,16 @@ async fn publisher_loop(
     room: String,
     padding: String,
     mut runs: mpsc::Receiver<Run>,
-    sent_total: Arc<AtomicU64>,
+    (sent_total, refused): (Arc<AtomicU64>, Arc<AtomicU64>),
 ) {
     loop {
         let run = tokio::select! {
             run = runs.recv() => match run { Some(run) => run, None => return },
-            incoming = conn.next() => match incoming { Some(Ok(_)) => continue, _ => return },
+            incoming = conn.next() => match incoming {
+                Some(Ok(Incoming::Refused)) => { refused.fetch_add(1, Ordering::Relaxed); continue }
+                Some(Ok(_)) => continue,
+                _ => return,
+            },
         };
         let mut sent = 0u64;
         loop {
@@ -424,9 +435,13 @@ async fn publisher_loop(
                 tokio::select! {
                     biased;
                     _ = &mut sleep => break,
-                    incoming = conn.next() => if !matches!(incoming, Some(Ok(_))) {
-                        let _ = run.done.send(sent);
-                        return;
+                    incoming = conn.next() => match incoming {
+                        Some(Ok(Incoming::Refused)) => { refused.fetch_add(1, Ordering::Relaxed); }
+                        Some(Ok(_)) => {}
+                        _ => {
+                            let _ = run.done.send(sent);
+                            return;
+                        }
                     },
                 }
             }

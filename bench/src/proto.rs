@@ -41,6 +41,9 @@ pub enum Incoming {
     Delivery { t: u64, s: u64, k: u64 },
     /// The answer to request `id`.
     Reply { id: u64, ok: bool, text: String },
+    /// An error reply to a request sent without an id (a refused publish,
+    /// e.g. `unavailable` while a room's owner moves): the sender was told.
+    Refused,
     /// Anything else (presence events, the Socket.IO connect answer, ...).
     Other,
 }
@@ -234,6 +237,7 @@ fn parse_other(protocol: Protocol, text: &str) -> Incoming {
             Ok(StarlingReply { kind, id: Some(id), ok: Some(ok) }) if kind == "reply" => {
                 Incoming::Reply { id, ok, text: text.to_string() }
             }
+            Ok(StarlingReply { kind, id: None, ok: Some(false) }) if kind == "reply" => Incoming::Refused,
             _ => Incoming::Other,
         },
         // An ack is `43<id>[args]`; the peers answer `{"ok":true}` or `{"ok":false,...}`.

@@ -142,9 +142,15 @@ const ROWS: &[Row] = &[
         higher_is_better: true,
     },
     Row {
-        title: "kill -9 of a node: messages lost",
+        title: "kill -9 of a node: deliveries missing",
         scenario: "kill",
         figure: |v| first_step(v)["missing"].as_f64(),
+        higher_is_better: false,
+    },
+    Row {
+        title: "kill -9 of a node: publishes refused (sender told)",
+        scenario: "kill",
+        figure: |v| first_step(v)["publishes_refused"].as_f64(),
         higher_is_better: false,
     },
     Row {
