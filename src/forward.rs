@@ -19,7 +19,7 @@ use starling_cluster::transport::{BoxFuture, PeerHandler, PeerTransport};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, Instrument};
 
-use crate::gateway::{Hub, Position, RemoteFanout, SequenceError};
+use crate::gateway::{Hub, Position, Published, RemoteFanout, SequenceError};
 use crate::protocol::{ConnId, MessageFrom, RoomName};
 use crate::replicate::SharedTable;
 use crate::telemetry;
@@ -93,7 +93,7 @@ impl Router {
             let owner_here = telemetry::exporting() && self.hub.owns(room);
             let span = if owner_here { telemetry::sequence_span(room) } else { tracing::Span::none() };
             let _entered = span.entered();
-            self.hub.sequence(room, data, from, published_at)
+            self.hub.sequence(room, data, from, Published { at: published_at, cross_node: false })
         };
         match sequenced {
             Ok(position) => Ok(Some(position)),
@@ -286,7 +286,8 @@ impl PeerHandler for AppHandler {
                 let room = RoomName::parse(&room).map_err(|e| e.to_string())?;
                 let data: &RawValue = serde_json::from_str(&data).map_err(|e| e.to_string())?;
                 let from = sender.as_ref().map(|(user, conn)| MessageFrom { user, conn: *conn });
-                match hub.sequence(&room, data, from, published_at) {
+                // Published on another node: its latency counts as cross-node.
+                match hub.sequence(&room, data, from, Published { at: published_at, cross_node: true }) {
                     Ok(position) => Ok((position.epoch, position.offset)),
                     Err(SequenceError::NoRoom) => Err("room has no members".to_string()),
                     Err(SequenceError::NotOwner { owner, .. }) => Err(format!("room owner moved to {owner}")),

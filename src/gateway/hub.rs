@@ -221,7 +221,7 @@ impl Hub {
         room: &RoomName,
         data: &RawValue,
         from: Option<MessageFrom<'_>>,
-        published_at: Instant,
+        published: Published,
     ) -> Result<Position, SequenceError> {
         let local = self.room(room).ok_or(SequenceError::NoRoom)?;
         let mut local = lock(&local);
@@ -241,11 +241,11 @@ impl Hub {
         ));
         {
             let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
-            self.fan_out(&local.subscribers, &text, Some(Published { at: published_at, cross_node: false }));
+            self.fan_out(&local.subscribers, &text, Some(published));
         }
         if let Some(remote) = self.remote.get() {
             // Under the room lock: frames leave in offset order.
-            remote.deliver(room, position, &text, published_at);
+            remote.deliver(room, position, &text, published.at);
         }
         self.metrics.publishes.increment(1);
         Ok(position)

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 pub use admission::{Admission, Rejection};
 pub use hub::{wire_member, wire_member_list, Hub, Position, RemoteFanout, SequenceError};
 pub use listener::serve;
-pub use outbound::{OutFrame, Outbound, PushError};
+pub use outbound::{OutFrame, Outbound, Published, PushError};
 pub use sessions::{SessionEntry, Sessions};
 
 use crate::auth::{JwtVerifier, OriginPolicy};
