@@ -345,7 +345,7 @@ async fn one_publish_makes_one_trace_across_every_node_it_touched() {
     // Members on node-2 (first: its node becomes the room's owner) and
     // node-3; the publish enters on node-1, which has no member.
     let room = "chat:traced";
-    let (_b, mut b_events) = member(&nodes[1], "bea", room).await;
+    let (b, mut b_events) = member(&nodes[1], "bea", room).await;
     let (_c, mut c_events) = member(&nodes[2], "cai", room).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -404,6 +404,21 @@ async fn one_publish_makes_one_trace_across_every_node_it_touched() {
     }
     let ids: std::collections::HashSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(ids.len(), trace.len(), "span ids are unique");
+
+    // A client's own traceparent on a WebSocket publish: the publish span on
+    // its node is the child of the client's span.
+    let ws_trace = "0af7651916cd43dd8448eb211c80319c";
+    let ws_parent = "b7ad6b7169203331";
+    let frame = json!({"type": "publish", "room": room, "data": {"n": 2},
+        "traceparent": format!("00-{ws_trace}-{ws_parent}-01")});
+    b.request(frame).await.expect("the traced publish is accepted");
+    let ws_publish = eventually("the WebSocket publish's span", async || {
+        let spans = spans.lock().unwrap();
+        spans.iter().find(|s| s.trace_id == ws_trace && s.name == "publish").cloned()
+    })
+    .await;
+    assert_eq!(ws_publish.instance, "node-2");
+    assert_eq!(ws_publish.parent, ws_parent, "the publish joins the client's trace");
 
     // A server-side close, so the close counter has a series too.
     let body = json!({"user": "bea"}).to_string();
