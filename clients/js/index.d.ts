@@ -51,7 +51,7 @@ export interface ClientOptions {
   urls?: string[];
   /** A token, or a provider called before every (re)connect. */
   token: string | (() => string | Promise<string>);
-  /** A WebSocket constructor; default: the global one, else the `ws` package. */
+  /** A WebSocket constructor; default: in Node the `ws` package if installed (it reports HTTP 401/503 at the upgrade), else the global one. */
   WebSocket?: unknown;
   /** Connect at once (default true); otherwise call `connect()`. */
   autoConnect?: boolean;
@@ -72,6 +72,8 @@ export interface ClientOptions {
   retryPublish?: boolean;
   /** Consecutive token refusals (1008, HTTP 401) before giving up (default 3). */
   maxAuthFailures?: number;
+  /** Joins awaiting their reply at once (default 10); all joins pause on `rate_limited`. */
+  maxJoinsInFlight?: number;
 }
 
 export interface StateChange {
@@ -110,7 +112,7 @@ export class Room {
   readonly state: RoomState;
   readonly epoch: number | null;
   readonly offset: number | null;
-  /** Resolves on the first successful join; rejects if that join fails or the room is left first. */
+  /** Resolves on the first successful join; rejects if that join fails, or the room is left or the client closed first. */
   readonly ready: Promise<JoinResult>;
   /** Members as last known, ordered by `conn`. */
   readonly members: Member[];

@@ -7,8 +7,10 @@
 // decides from the close code whether and when to reconnect (POLICY below),
 // re-joins every room after a reconnect, and keeps a bounded queue of
 // publishes made while a room is not joined. It has no runtime dependency:
-// browsers use their WebSocket; Node 20 uses the `ws` package (or any
-// constructor passed as the `WebSocket` option).
+// browsers use their WebSocket; Node uses the `ws` package when it is
+// installed (it exposes the HTTP status of a refused upgrade; Node 22+'s
+// global WebSocket does not), else the global one, or any constructor
+// passed as the `WebSocket` option.
 
 /** Default options; every one can be overridden in the constructor. */
 export const DEFAULTS = Object.freeze({
@@ -21,7 +23,13 @@ export const DEFAULTS = Object.freeze({
   queueLimit: 100,
   retryPublish: true,
   maxAuthFailures: 3,
+  maxJoinsInFlight: 10,
 });
+
+/** Messages held per room while its join reply is awaited (see Room.holdMessage). */
+const EARLY_MESSAGE_LIMIT = 1024;
+/** Ceiling of the first retry of a join answered `unavailable` (a failover). */
+const UNAVAILABLE_FIRST_RETRY_MS = 200;
 
 /**
  * What the client does when a connection ends with a close code (or with an
@@ -52,7 +60,7 @@ export const POLICY = Object.freeze({
 });
 const UNKNOWN_CODE = { action: "reconnect", rotate: true, why: "unknown close code" };
 
-/** Error codes of the wire contract that are retried for joins. */
+/** Error codes of the wire contract that are retried (joins, leaves, publishes with retryPublish). */
 const RETRYABLE = new Set(["rate_limited", "unavailable"]);
 
 /** Every rejected promise of this client carries a StarlingError. */
@@ -114,16 +122,32 @@ export function policyFor(code) {
   return POLICY[code] || UNKNOWN_CODE;
 }
 
+const IN_NODE = typeof process === "object" && process !== null && typeof process.versions?.node === "string";
+
 async function defaultWebSocket() {
+  if (IN_NODE) {
+    // Prefer `ws`: Node 22+'s global (undici) WebSocket reports an upgrade
+    // refused with HTTP 401 or 503 as a bare 1006, hiding the status the
+    // reconnect policy needs (maxAuthFailures, next URL on 503).
+    try {
+      const module = await import("ws");
+      const WebSocketClass = module.WebSocket || module.default;
+      if (typeof WebSocketClass === "function") return WebSocketClass;
+    } catch {
+      // Not installed: fall back to the global one.
+    }
+  }
   if (typeof globalThis.WebSocket === "function") return globalThis.WebSocket;
-  const module = await import("ws");
-  return module.WebSocket || module.default;
+  throw new Error("no WebSocket: install the `ws` package or pass the `WebSocket` option");
 }
 
 /** A room joined through a client; created by `client.join`. */
 export class Room extends Emitter {
   #client;
   #members = new Map();
+  /** `message` frames that arrived while this room's join was awaited. */
+  #early = [];
+  #earlyOverflowed = false;
 
   constructor(client, name, meta) {
     super();
@@ -168,8 +192,28 @@ export class Room extends Emitter {
 
   // --- called by the client -------------------------------------------------
 
+  /**
+   * A `message` that came before this room's join reply. protocol.md §10:
+   * the server queues a message for a member from the moment its join takes
+   * effect; the reply then carries the position reached, so every message
+   * before the reply has `offset <= reply.offset` and was sequenced after
+   * the join took effect. It is this member's message: held, then emitted
+   * after the reply (applyJoin).
+   */
+  holdMessage(frame) {
+    if (this.#early.length >= EARLY_MESSAGE_LIMIT) {
+      this.#early.shift();
+      this.#earlyOverflowed = true;
+    }
+    this.#early.push(frame);
+  }
+
   applyJoin(result) {
     const previous = this.joinedOnce ? { epoch: this.epoch, offset: this.offset } : null;
+    const early = this.#early;
+    const overflowed = this.#earlyOverflowed;
+    this.#early = [];
+    this.#earlyOverflowed = false;
     this.epoch = result.epoch;
     this.offset = result.offset;
     this.state = "joined";
@@ -181,19 +225,31 @@ export class Room extends Emitter {
       this.joinedOnce = true;
       this.settleReady.resolve(result);
       this.emit("subscribed", { epoch: result.epoch, offset: result.offset });
-      return;
+    } else {
+      // Nothing was missed only when what this connection receives continues
+      // exactly from the last position seen before the link dropped: the
+      // first early message is the next offset of the same epoch, or (no
+      // early message) the room is still at that very position. Otherwise
+      // messages were sequenced meanwhile, or the epoch changed (the room
+      // restarted or changed owner), and some may have been missed.
+      const sameEpoch = result.epoch === previous.epoch && early.every((m) => m.epoch === previous.epoch);
+      const continued =
+        sameEpoch &&
+        !overflowed &&
+        (early.length > 0 ? early[0].offset === previous.offset + 1 : result.offset === previous.offset);
+      this.emit("resubscribed", {
+        missed: !continued,
+        epoch: result.epoch,
+        offset: result.offset,
+        previousEpoch: previous.epoch,
+        previousOffset: previous.offset,
+      });
     }
-    // Same epoch and same offset: the sequence did not move while we were
-    // away, so nothing was missed. Otherwise (messages sequenced meanwhile,
-    // or a new epoch: the room restarted or changed owner) some may have been.
-    const missed = !(previous.epoch === result.epoch && previous.offset === result.offset);
-    this.emit("resubscribed", {
-      missed,
-      epoch: result.epoch,
-      offset: result.offset,
-      previousEpoch: previous.epoch,
-      previousOffset: previous.offset,
-    });
+    // Early messages precede the reply in the stream; the position stays the reply's.
+    for (const frame of early) {
+      if (this.state !== "joined") break;
+      this.emit("message", { data: frame.data, from: frame.from, epoch: frame.epoch, offset: frame.offset });
+    }
   }
 
   applyFrame(frame) {
@@ -219,10 +275,15 @@ export class Room extends Emitter {
   markDisconnected() {
     if (this.state === "joined") this.state = "joining";
     this.#members.clear();
+    this.#early = [];
+    this.#earlyOverflowed = false;
+    this.joinInFlight = false;
+    this.unavailableRetries = 0;
   }
 
   fail(error) {
     this.state = "failed";
+    this.#early = [];
     this.settleReady.reject(error);
     this.emit("error", error);
   }
@@ -238,10 +299,22 @@ export class StarlingClient extends Emitter {
   #nextId = 1;
   #pending = new Map();
   #rooms = new Map();
+  /** Publishes waiting for their room's join reply, oldest call first. */
   #queue = [];
-  #timers = { reconnect: null, watchdog: null, connect: null };
+  /** Every publish not yet settled (queued, in flight or waiting to retry). */
+  #publishes = new Set();
+  #publishSeq = 0;
+  #timers = { reconnect: null, watchdog: null, connect: null, joinResume: null };
+  /** Waits (join retries) that end early when the connection is torn down. */
+  #delays = new Set();
   #generation = 0;
   #lastRetryAfterMs = 0;
+  /** Set by close() or a close code that stops the client; cleared by connect(). */
+  #stopped = false;
+  /** Join scheduler of the current connection. */
+  #joinQueue = [];
+  #joinsInFlight = 0;
+  #joinResumeAt = 0;
 
   /**
    * @param {object} options see index.d.ts (`ClientOptions`).
@@ -266,20 +339,20 @@ export class StarlingClient extends Emitter {
     return this.urls[this.#urlIndex];
   }
 
-  /** Starts connecting (after `close()`, or with `autoConnect: false`). */
+  /** Starts connecting (after `close()`, or with `autoConnect: false`); at once when a reconnect is scheduled. */
   connect() {
     if (this.state === "connecting" || this.state === "connected") return;
+    // A reconnect may be scheduled (state `disconnected`): this attempt replaces it.
+    this.#clearTimer("reconnect");
+    this.#stopped = false;
     this.#attempt = 0;
     this.#authFailures = 0;
     this.#open();
   }
 
-  /** Closes the connection for good: state `closed`, every pending promise rejected. */
+  /** Closes the connection for good: state `closed`, every pending promise rejected with `closed`. */
   close() {
-    this.#teardown(1000, "client closed");
-    for (const room of this.#rooms.values()) room.markDisconnected();
-    this.#rejectQueue(() => new StarlingError("closed", "the client was closed"));
-    this.#setState("closed", { code: 1000, reason: "client closed" });
+    this.#stop(1000, "client closed", true);
   }
 
   /** Joins `room` (and re-joins it after every reconnect); returns the Room at once. */
@@ -288,7 +361,7 @@ export class StarlingClient extends Emitter {
     if (existing) return existing;
     const room = new Room(this, name, meta);
     this.#rooms.set(name, room);
-    if (this.state === "connected") this.#sendJoin(room);
+    if (this.state === "connected") this.#scheduleJoin(room);
     return room;
   }
 
@@ -301,7 +374,11 @@ export class StarlingClient extends Emitter {
   /** Sends a request and resolves with its `result` (rejects with a StarlingError). */
   request(frame, timeoutMs = this.options.requestTimeoutMs) {
     if (this.state !== "connected") {
-      return Promise.reject(new StarlingError("disconnected", "not connected"));
+      return Promise.reject(
+        this.#stopped
+          ? new StarlingError("closed", "the client is closed")
+          : new StarlingError("disconnected", "not connected"),
+      );
     }
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
@@ -320,16 +397,26 @@ export class StarlingClient extends Emitter {
     if (room.state === "left" || room.state === "failed") {
       return Promise.reject(new StarlingError("left", `not in room ${room.name}`));
     }
+    if (this.#stopped) return Promise.reject(new StarlingError("closed", "the client is closed"));
     return new Promise((resolve, reject) => {
-      const item = { room, data, timer: null, done: false };
-      item.resolve = (value) => {
+      const item = { room, data, seq: this.#publishSeq++, timer: null, retryTimer: null, done: false };
+      const settle = () => {
         item.done = true;
+        clearTimeout(item.timer);
+        clearTimeout(item.retryTimer);
+        this.#publishes.delete(item);
+      };
+      item.resolve = (value) => {
+        if (item.done) return;
+        settle();
         resolve(value);
       };
       item.reject = (error) => {
-        item.done = true;
+        if (item.done) return;
+        settle();
         reject(error);
       };
+      this.#publishes.add(item);
       // One deadline for the publish's whole life, queued and in flight.
       item.timer = setTimeout(() => {
         this.#dequeue(item);
@@ -339,29 +426,34 @@ export class StarlingClient extends Emitter {
         this.#sendPublish(item);
         return;
       }
-      if (this.#queue.length >= this.options.queueLimit) {
-        // Oldest first: the oldest queued publish makes room for the newest.
-        const dropped = this.#queue.shift();
-        clearTimeout(dropped.timer);
-        dropped.reject(new StarlingError("queue_overflow", "dropped from the full offline queue"));
-      }
-      this.#queue.push(item);
+      this.#enqueue(item);
     });
   }
 
   async leaveRoom(room) {
     if (room.state === "left") return;
-    const wasJoined = room.state === "joined";
+    // A join in flight on this connection will take effect: the server
+    // handles one connection's requests in order, so a `leave` sent now is
+    // handled after it and removes the membership.
+    const onServer = room.state === "joined" || room.joinInFlight;
+    room.markDisconnected();
     room.state = "left";
-    this.#rooms.delete(room.name);
+    if (this.#rooms.get(room.name) === room) this.#rooms.delete(room.name);
     this.#rejectQueue(() => new StarlingError("left", `left room ${room.name}`), room);
     room.settleReady.reject(new StarlingError("left", `left room ${room.name}`));
-    if (wasJoined && this.state === "connected") {
+    if (!onServer || this.state !== "connected") return;
+    const generation = this.#generation;
+    for (let attempt = 0; ; attempt++) {
       try {
         await this.request({ type: "leave", room: room.name });
+        return;
       } catch (error) {
-        // `not_joined`: the connection is no longer in the room, as wanted.
-        if (error.code !== "not_joined" && error.code !== "disconnected") throw error;
+        // `not_joined`: the connection is not in the room, as wanted. A lost
+        // connection leaves every room.
+        if (["not_joined", "disconnected", "closed"].includes(error.code)) return;
+        if (!RETRYABLE.has(error.code) || attempt >= 5) throw error;
+        await this.#delay(error.retryAfterMs || this.options.minReconnectDelayMs);
+        if (generation !== this.#generation) return;
       }
     }
   }
@@ -376,7 +468,15 @@ export class StarlingClient extends Emitter {
     this.emit(state, detail);
   }
 
+  #clearTimer(name) {
+    clearTimeout(this.#timers[name]);
+    this.#timers[name] = null;
+  }
+
   async #open() {
+    // Never two sockets: whatever is left of a previous one goes first.
+    if (this.#ws) this.#teardown(4000, "replaced by a new connection");
+    this.#clearTimer("reconnect");
     const generation = ++this.#generation;
     this.#setState("connecting", { url: this.url });
     let token;
@@ -385,18 +485,19 @@ export class StarlingClient extends Emitter {
       token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     } catch (error) {
       if (generation !== this.#generation) return;
-      this.#lost({ code: 1006, reason: `token provider failed: ${error.message || error}`, opened: false });
+      this.#lost({ code: 1006, reason: `could not connect: ${error.message || error}`, opened: false });
       return;
     }
-    if (generation !== this.#generation) return;
+    if (generation !== this.#generation || this.state !== "connecting") return;
     const url = this.url;
     const separator = url.includes("?") ? "&" : "?";
     const ws = new this.#wsClass(`${url}${separator}token=${encodeURIComponent(token)}`);
     this.#ws = ws;
     let httpStatus = null;
     let opened = false;
+    // Every timer and handler acts only while `ws` is still the current socket.
     this.#timers.connect = setTimeout(() => {
-      this.#lost({ code: 4000, reason: "no welcome within connectTimeoutMs", opened: false });
+      if (this.#ws === ws) this.#lost({ code: 4000, reason: "no welcome within connectTimeoutMs", opened: false });
     }, this.options.connectTimeoutMs);
     ws.onopen = () => {
       opened = true;
@@ -426,12 +527,12 @@ export class StarlingClient extends Emitter {
   #onFrame(frame) {
     switch (frame.type) {
       case "welcome":
-        clearTimeout(this.#timers.connect);
+        this.#clearTimer("connect");
         this.session = frame;
         this.#attempt = 0;
         this.#authFailures = 0;
         this.#setState("connected", { url: this.url, ...frame });
-        for (const room of this.#rooms.values()) this.#sendJoin(room);
+        for (const room of this.#rooms.values()) this.#scheduleJoin(room);
         break;
       case "ping":
         this.#send({ type: "pong" });
@@ -449,9 +550,16 @@ export class StarlingClient extends Emitter {
         }
         break;
       }
-      case "message":
+      case "message": {
+        const room = this.#rooms.get(frame.room);
+        if (room?.state === "joined") room.applyFrame(frame);
+        // Before the join reply: the member's message all the same (protocol.md §10).
+        else if (room?.state === "joining") room.holdMessage(frame);
+        break;
+      }
       case "joined":
       case "left": {
+        // Before the join reply these are already reflected in its `members`.
         const room = this.#rooms.get(frame.room);
         if (room && room.state === "joined") room.applyFrame(frame);
         break;
@@ -465,56 +573,142 @@ export class StarlingClient extends Emitter {
   }
 
   #armWatchdog() {
-    clearTimeout(this.#timers.watchdog);
+    this.#clearTimer("watchdog");
     const heartbeatMs = this.session?.heartbeat_ms;
     if (!heartbeatMs) return;
+    const ws = this.#ws;
     this.#timers.watchdog = setTimeout(() => {
-      this.#lost({ code: 4000, reason: "heartbeat watchdog: no frame from the server", opened: true });
+      if (this.#ws === ws) this.#lost({ code: 4000, reason: "heartbeat watchdog: no frame from the server", opened: true });
     }, heartbeatMs + this.options.heartbeatGraceMs);
   }
 
-  async #sendJoin(room) {
+  /** A wait that ends early (resolves) when the connection is torn down; callers re-check the generation. */
+  #delay(ms) {
+    return new Promise((resolve) => {
+      const entry = { resolve };
+      entry.timer = setTimeout(() => {
+        this.#delays.delete(entry);
+        resolve();
+      }, ms);
+      this.#delays.add(entry);
+    });
+  }
+
+  // --- joins: at most maxJoinsInFlight at once, all paused on rate_limited ----
+
+  #scheduleJoin(room) {
+    if (this.state !== "connected" || room.state === "left" || room.state === "failed") return;
+    // Already queued, in flight, waiting to retry or joined on this connection.
+    if (room.joinGeneration === this.#generation) return;
+    room.joinGeneration = this.#generation;
+    this.#joinQueue.push(room);
+    this.#pumpJoins();
+  }
+
+  #pumpJoins() {
+    if (this.state !== "connected" || this.#timers.joinResume) return;
+    while (this.#joinsInFlight < this.options.maxJoinsInFlight && this.#joinQueue.length > 0) {
+      const room = this.#joinQueue.shift();
+      if (room.state !== "joining" || this.#rooms.get(room.name) !== room) continue;
+      this.#joinOnce(room);
+    }
+  }
+
+  /** Every join waits until `retryAfterMs` (plus jitter) from now; the server's bucket refills meanwhile. */
+  #pauseJoins(retryAfterMs) {
+    const base = Math.max(1, retryAfterMs || this.options.minReconnectDelayMs);
+    const until = Date.now() + base + Math.round(Math.random() * Math.max(base, 50));
+    if (until <= this.#joinResumeAt && this.#timers.joinResume) return;
+    this.#joinResumeAt = until;
+    this.#clearTimer("joinResume");
+    this.#timers.joinResume = setTimeout(() => {
+      this.#timers.joinResume = null;
+      this.#pumpJoins();
+    }, until - Date.now());
+  }
+
+  /**
+   * The wait before re-sending a join answered `unavailable` (no Raft leader
+   * or quorum yet: a failover, usually over in 0.5 to 2 s). The first wait is
+   * at most 200 ms, not the 500 ms retry_after_ms: the server itself takes
+   * about 250 ms to answer `unavailable`, so a join is on the server most of
+   * the time and one landing right after the new leader is elected goes
+   * through. Each repeat grows the ceiling by a quarter, up to
+   * retry_after_ms; the wait is jittered within [ceiling/2, ceiling].
+   */
+  #unavailableDelay(room, retryAfterMs) {
+    const retries = room.unavailableRetries || 0;
+    room.unavailableRetries = retries + 1;
+    const first = Math.min(retryAfterMs || UNAVAILABLE_FIRST_RETRY_MS, UNAVAILABLE_FIRST_RETRY_MS);
+    const cap = Math.max(retryAfterMs || 0, first);
+    const ceiling = Math.min(cap, first * 1.25 ** Math.min(retries, 20));
+    return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+  }
+
+  async #joinOnce(room) {
     const generation = this.#generation;
     const frame = { type: "join", room: room.name };
     if (room.meta !== undefined) frame.meta = room.meta;
-    for (;;) {
-      try {
-        const result = await this.request(frame);
-        if (generation !== this.#generation || room.state === "left") return;
-        room.applyJoin(result);
-        this.#flushQueue(room);
-        return;
-      } catch (error) {
-        if (generation !== this.#generation || room.state === "left") return;
-        const retry = RETRYABLE.has(error.code) || (error.code === "timeout" && room.joinedOnce);
-        if (!retry) {
-          this.#rooms.delete(room.name);
-          this.#rejectQueue(() => new StarlingError(error.code, `join failed: ${error.message}`), room);
-          room.fail(error);
-          return;
-        }
-        await new Promise((resolve) => setTimeout(resolve, error.retryAfterMs || this.options.minReconnectDelayMs));
-        if (generation !== this.#generation || room.state === "left") return;
-      }
+    this.#joinsInFlight++;
+    room.joinInFlight = true;
+    let result = null;
+    let error = null;
+    try {
+      result = await this.request(frame);
+    } catch (caught) {
+      error = caught;
     }
+    // A teardown reset the scheduler; the next connection joins afresh.
+    if (generation !== this.#generation) return;
+    this.#joinsInFlight--;
+    room.joinInFlight = false;
+    if (room.state !== "joining" || this.#rooms.get(room.name) !== room) {
+      // Left meanwhile: leaveRoom sent the `leave` behind this join.
+      this.#pumpJoins();
+      return;
+    }
+    if (!error) {
+      room.unavailableRetries = 0;
+      room.applyJoin(result);
+      this.#flushQueue(room);
+    } else if (error.code === "rate_limited") {
+      this.#joinQueue.unshift(room);
+      this.#pauseJoins(error.retryAfterMs);
+    } else if (error.code === "unavailable" || (error.code === "timeout" && room.joinedOnce)) {
+      // Joins are idempotent: retry (a timed-out re-join too; a first join
+      // that times out rejects `ready` instead).
+      const wait = error.code === "unavailable" ? this.#unavailableDelay(room, error.retryAfterMs) : this.options.minReconnectDelayMs;
+      this.#retryJoinAfter(room, wait, generation);
+    } else {
+      this.#rooms.delete(room.name);
+      this.#rejectQueue(() => new StarlingError(error.code, `join failed: ${error.message}`), room);
+      room.fail(error);
+    }
+    this.#pumpJoins();
   }
+
+  async #retryJoinAfter(room, ms, generation) {
+    await this.#delay(ms);
+    if (generation !== this.#generation || room.state !== "joining" || this.#rooms.get(room.name) !== room) return;
+    this.#joinQueue.push(room);
+    this.#pumpJoins();
+  }
+
+  // --- publishes ---------------------------------------------------------------
 
   #sendPublish(item) {
     const id = this.#nextId++;
     this.#pending.set(id, {
-      resolve: (result) => {
-        clearTimeout(item.timer);
-        item.resolve(result);
-      },
+      resolve: (result) => item.resolve(result),
       reject: (error) => {
-        if (this.options.retryPublish && RETRYABLE.has(error.code)) {
+        if (this.options.retryPublish && RETRYABLE.has(error.code) && !this.#stopped) {
           // Not sequenced (rate limited), or the room's owner is moving:
           // try again within the publish's deadline (see README: a retry
           // after an ambiguous `unavailable` can deliver twice).
-          setTimeout(() => this.#retryPublish(item), error.retryAfterMs || this.options.minReconnectDelayMs);
+          delete item.pendingId;
+          item.retryTimer = setTimeout(() => this.#retryPublish(item), error.retryAfterMs || this.options.minReconnectDelayMs);
           return;
         }
-        clearTimeout(item.timer);
         item.reject(error);
       },
       timer: null,
@@ -524,13 +718,21 @@ export class StarlingClient extends Emitter {
   }
 
   #retryPublish(item) {
+    item.retryTimer = null;
     if (item.done) return;
-    delete item.pendingId;
     if (item.room.state === "joined" && this.state === "connected") this.#sendPublish(item);
-    else if (item.room.state === "joining") this.#queue.unshift(item);
-    else {
-      clearTimeout(item.timer);
-      item.reject(new StarlingError("left", `not in room ${item.room.name}`));
+    // Re-joining: back into the queue, in call order and under queueLimit.
+    else if (item.room.state === "joining") this.#enqueue(item);
+    else item.reject(new StarlingError("left", `not in room ${item.room.name}`));
+  }
+
+  /** Queues in call order; over queueLimit the oldest publish is dropped with `queue_overflow`. */
+  #enqueue(item) {
+    let at = this.#queue.length;
+    while (at > 0 && this.#queue[at - 1].seq > item.seq) at--;
+    this.#queue.splice(at, 0, item);
+    while (this.#queue.length > this.options.queueLimit) {
+      this.#queue.shift().reject(new StarlingError("queue_overflow", "dropped from the full offline queue"));
     }
   }
 
@@ -549,10 +751,7 @@ export class StarlingClient extends Emitter {
     const keep = [];
     for (const item of this.#queue) {
       if (room && item.room !== room) keep.push(item);
-      else {
-        clearTimeout(item.timer);
-        item.reject(makeError());
-      }
+      else item.reject(makeError());
     }
     this.#queue = keep;
   }
@@ -561,10 +760,18 @@ export class StarlingClient extends Emitter {
     if (this.#ws && this.#ws.readyState === 1) this.#ws.send(JSON.stringify(frame));
   }
 
-  /** Drops the current socket and fails everything in flight on it. */
-  #teardown(code, reason) {
+  /** Drops the current socket, its timers and waits, and fails every request in flight on it. */
+  #teardown(code, reason, makeError = () => new StarlingError("disconnected", "the connection was lost before the reply")) {
     this.#generation++;
-    for (const timer of Object.values(this.#timers)) clearTimeout(timer);
+    for (const name of Object.keys(this.#timers)) this.#clearTimer(name);
+    for (const entry of this.#delays) {
+      clearTimeout(entry.timer);
+      entry.resolve();
+    }
+    this.#delays.clear();
+    this.#joinQueue = [];
+    this.#joinsInFlight = 0;
+    this.#joinResumeAt = 0;
     const ws = this.#ws;
     this.#ws = null;
     this.session = null;
@@ -578,24 +785,42 @@ export class StarlingClient extends Emitter {
         // Already closed.
       }
     }
-    for (const waiter of this.#pending.values()) {
-      clearTimeout(waiter.timer);
-      waiter.reject(new StarlingError("disconnected", "the connection was lost before the reply"));
-    }
+    const pending = [...this.#pending.values()];
     this.#pending.clear();
+    for (const waiter of pending) {
+      clearTimeout(waiter.timer);
+      waiter.reject(makeError());
+    }
+    for (const room of this.#rooms.values()) room.markDisconnected();
+  }
+
+  /** State `closed` until connect(): everything pending is settled now, nothing is left running. */
+  #stop(code, reason, byClient) {
+    this.#stopped = true;
+    const closed = () => new StarlingError("closed", byClient ? "the client was closed" : `connection closed: ${code} ${reason}`);
+    // Requests in flight: `closed` when the app closed; `disconnected`
+    // when the server ended the link (a publish may have been delivered).
+    this.#teardown(byClient ? 1000 : 4000, reason, byClient ? closed : undefined);
+    for (const room of this.#rooms.values()) {
+      if (!room.joinedOnce) room.settleReady.reject(closed());
+    }
+    for (const item of [...this.#publishes]) {
+      this.#dequeue(item);
+      item.reject(closed());
+    }
+    this.#queue = [];
+    this.#setState("closed", { code, reason });
   }
 
   #lost({ code, reason, opened }) {
     if (this.state === "closed") return;
-    this.#teardown(4000, reason);
-    for (const room of this.#rooms.values()) room.markDisconnected();
     const policy = policyFor(code);
     if (policy.action === "refresh") this.#authFailures++;
     if (policy.action === "stop" || this.#authFailures > this.options.maxAuthFailures) {
-      this.#rejectQueue(() => new StarlingError("closed", `connection closed: ${code} ${reason}`));
-      this.#setState("closed", { code, reason: reason || policy.why });
+      this.#stop(code, reason || policy.why, false);
       return;
     }
+    this.#teardown(4000, reason);
     if (policy.rotate || !opened) this.#urlIndex = (this.#urlIndex + 1) % this.urls.length;
     const { minReconnectDelayMs: min, maxReconnectDelayMs: max } = this.options;
     let delayMs;
@@ -604,7 +829,13 @@ export class StarlingClient extends Emitter {
       delayMs = Math.max(this.options.rateLimitedDelayMs, this.#lastRetryAfterMs) + backoffDelay(0, min, max);
     } else delayMs = backoffDelay(this.#attempt, min, max);
     this.#attempt++;
+    // Armed before the event, so a listener calling connect() cancels it.
+    const timer = setTimeout(() => {
+      if (this.#timers.reconnect !== timer) return;
+      this.#timers.reconnect = null;
+      this.#open();
+    }, delayMs);
+    this.#timers.reconnect = timer;
     this.#setState("disconnected", { code, reason: reason || policy.why, delayMs, nextUrl: this.url });
-    this.#timers.reconnect = setTimeout(() => this.#open(), delayMs);
   }
 }

@@ -49,6 +49,15 @@ export function nextEvent(emitter, event, timeoutMs = 10000, accept = () => true
   });
 }
 
+/** Resolves or rejects like `promise`, or rejects once `timeoutMs` has passed. */
+export function within(what, promise, timeoutMs = 10000) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
 /** An HS256 JWT signed with SECRET. */
 export function mintToken(sub, { ttlSecs = 3600, rooms = ["chat:*"] } = {}) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
