@@ -52,7 +52,11 @@ pub async fn run<S, R>(
         user: Arc::from(claims.sub.as_str()),
         outbound: Outbound::new(limits.outbound_queue_messages, limits.outbound_queue_bytes),
     });
+    // Log context only (every line carries conn and user). The exported
+    // lifecycle span is separate and never entered, so tracing adds nothing
+    // to each poll of the session.
     let span = info_span!("session", conn = %conn, user = %entry.user);
+    let lifecycle = telemetry::connection_span(conn, &entry.user);
     async move {
         gateway.sessions.insert(Arc::clone(&entry));
         if gateway.is_draining() {
@@ -87,6 +91,9 @@ pub async fn run<S, R>(
                 }
             }
         };
+        if let Some(code) = entry.outbound.closing() {
+            lifecycle.record("close_code", code.code());
+        }
         if !peer_closed && !shutdown.is_cancelled() {
             // Read until the client's close (or a timeout), so the socket is not
             // reset under a close frame the client has yet to read.
@@ -103,6 +110,7 @@ pub async fn run<S, R>(
         gateway.sessions.remove(conn);
         gateway.metrics.connections.decrement(1.0);
         drop(permit);
+        drop(lifecycle);
         debug!("disconnected");
     }
     .instrument(span)

@@ -134,12 +134,15 @@ pub fn init(
         Some(plan) => Some(tracer_provider(&plan, node)?),
         None => None,
     };
-    // Spans of this crate only: openraft's and the HTTP stack's would bury
-    // the message traces.
+    // The trace spans only (`starling::trace`): openraft's and the HTTP
+    // stack's would bury the message traces, and a span entered on every
+    // poll (like the log-context `session` span) would cost on every
+    // delivery. No idle/busy tracking: it reads the clock on every enter.
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("starling"))
-            .with_filter(Targets::new().with_target("starling", Level::INFO))
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target(spans::TRACE_TARGET, Level::INFO))
     });
     let installed =
         tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().is_ok();

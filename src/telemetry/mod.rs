@@ -13,6 +13,7 @@ mod spans;
 pub use self::logging::{export_plan, init, init_logging, ExportPlan, OtelEnv, Telemetry};
 pub use self::metrics::{install_recorder, LinkScrape, Metrics, MetricsHandle, RaftScrape, Scrape};
 pub use self::spans::{
-    current_traceparent, deliver_span, exporting, fanout_span, format_traceparent, forward_span, join_span,
-    parse_traceparent, publish_span, remote_sequence_span, sequence_span, TRACE_TARGET,
+    connection_span, current_traceparent, deliver_span, exporting, fanout_span, format_traceparent,
+    forward_span, join_span, parse_traceparent, publish_span, remote_sequence_span, sequence_span,
+    TRACE_TARGET,
 };

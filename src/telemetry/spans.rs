@@ -115,6 +115,25 @@ pub fn publish_span(room: &RoomName, conn: Option<ConnId>, traceparent: Option<&
     keep_if_sampled(with_remote_parent(span, traceparent))
 }
 
+/// A connection's whole life, from the upgrade to the close (its own
+/// trace; `close_code` when the server closed it). Never entered: holding
+/// it costs nothing per poll.
+pub fn connection_span(conn: ConnId, user: &str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    let span = info_span!(
+        target: TRACE_TARGET,
+        parent: None,
+        "connection",
+        conn = %conn,
+        user = %user,
+        close_code = field::Empty,
+        trace_id = field::Empty,
+    );
+    keep_if_sampled(span)
+}
+
 /// A join, from the request to the committed membership (its own trace).
 pub fn join_span(room: &RoomName, conn: ConnId) -> Span {
     if !exporting() {
