@@ -17,10 +17,6 @@ use super::{node_id, Applier, Command, LogStore, NodeId, PeerNode, Raft, StateMa
 use crate::codec;
 use crate::transport::{BoxFuture, PeerHandler, PeerTransport, SharedHandler};
 
-/// How often a proposal or read retries while no leader answers (sooner
-/// when the known leader or term changes).
-const LEADER_POLL: Duration = Duration::from_millis(50);
-
 /// How a node takes part in the group.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -44,8 +40,8 @@ impl GroupConfig {
             peer_addr: peer_addr.into(),
             db_path,
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
             snapshot_every: 10_000,
             propose_timeout: Duration::from_secs(3),
         }
@@ -131,47 +127,28 @@ impl RaftGroup {
     }
 
     /// Proposes `command` and waits until it is committed and applied here or
-    /// on the leader; returns the applier's response. While there is no
-    /// reachable leader (an election after the leader died) it keeps trying
-    /// until `propose_timeout`, so a proposal made during a failover commits
-    /// as soon as a new leader is elected instead of failing at once.
+    /// on the leader; returns the applier's response.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         let attempt = async {
             let mut command = command;
-            loop {
+            // A leader change while forwarding is retried a few times.
+            for _ in 0..5 {
                 match self.propose_once(command).await {
                     Ok(response) => return Ok(response),
                     Err((ProposeRefusal::NotLeader { .. }, returned)) => {
                         command = returned;
-                        self.leader_change_or(LEADER_POLL).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err((ProposeRefusal::Failed(reason), _)) => {
                         return Err(ProposeError::Unavailable(reason))
                     }
                 }
             }
+            Err(ProposeError::Unavailable("leader keeps changing".into()))
         };
         tokio::time::timeout(self.propose_timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(ProposeError::Unavailable("no leader to commit the proposal".into())))
-    }
-
-    /// Waits until the known leader or term changes, or `limit` passes.
-    async fn leader_change_or(&self, limit: Duration) {
-        let mut metrics = self.raft.metrics();
-        let seen = {
-            let now = metrics.borrow_and_update();
-            (now.current_leader, now.current_term)
-        };
-        let _ = tokio::time::timeout(limit, async {
-            while metrics.changed().await.is_ok() {
-                let now = metrics.borrow_and_update();
-                if (now.current_leader, now.current_term) != seen {
-                    return;
-                }
-            }
-        })
-        .await;
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("proposal timed out".into())))
     }
 
     async fn propose_once(&self, command: Vec<u8>) -> Result<Vec<u8>, (ProposeRefusal, Vec<u8>)> {
@@ -208,7 +185,7 @@ impl RaftGroup {
     /// leader with a quorum (asked over the network from a follower).
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
         let attempt = async {
-            loop {
+            for _ in 0..5 {
                 let leader = self.raft.metrics().borrow().current_leader;
                 let result = match leader {
                     Some(leader) if leader == self.me => self.read_index_locally().await,
@@ -217,14 +194,17 @@ impl RaftGroup {
                 };
                 match result {
                     Ok(index) => return Ok(index),
-                    Err(ProposeRefusal::NotLeader { .. }) => self.leader_change_or(LEADER_POLL).await,
+                    Err(ProposeRefusal::NotLeader { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
                     Err(ProposeRefusal::Failed(reason)) => return Err(ProposeError::Unavailable(reason)),
                 }
             }
+            Err(ProposeError::Unavailable("no stable leader".into()))
         };
         tokio::time::timeout(self.propose_timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(ProposeError::Unavailable("no leader to confirm the read".into())))
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("read index timed out".into())))
     }
 
     async fn read_index_locally(&self) -> Result<u64, ProposeRefusal> {
