@@ -257,6 +257,7 @@ async fn the_join_reply_splits_the_stream_exactly_at_its_offset_while_messages_f
     ws.next().await.unwrap().unwrap(); // welcome
     ws.send(WsMessage::text(r#"{"type":"join","id":1,"room":"chat:stream"}"#)).await.unwrap();
     let mut reply_offset = None;
+    let mut before_reply = Vec::new();
     let mut after_reply = Vec::new();
     within("the joiner sees the end of the stream", async {
         while after_reply.last() != Some(&TOTAL) {
@@ -264,7 +265,9 @@ async fn the_join_reply_splits_the_stream_exactly_at_its_offset_while_messages_f
             let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
             match (frame["type"].as_str(), reply_offset) {
                 (Some("reply"), _) => reply_offset = Some(frame["result"]["offset"].as_u64().unwrap()),
-                (Some("message"), None) => panic!("a message arrived before the join reply: {frame}"),
+                // Sequenced after the join applied but queued before its
+                // reply: allowed, with offsets up to the reply's (§10).
+                (Some("message"), None) => before_reply.push(frame["offset"].as_u64().unwrap()),
                 (Some("message"), Some(at)) => {
                     let offset = frame["offset"].as_u64().unwrap();
                     assert!(offset > at, "offset {offset} is not after the reply's {at}");
@@ -276,6 +279,13 @@ async fn the_join_reply_splits_the_stream_exactly_at_its_offset_while_messages_f
     })
     .await;
     let at = reply_offset.unwrap();
+    if let Some(&first) = before_reply.first() {
+        assert_eq!(
+            before_reply,
+            (first..=at).collect::<Vec<_>>(),
+            "before the reply: gapless, up to its offset"
+        );
+    }
     assert_eq!(after_reply, (at + 1..=TOTAL).collect::<Vec<_>>(), "gapless from the reply's offset");
     publishing.await.unwrap();
     node.shutdown().await;
