@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::forward::{AppHandler, PeerLinks};
 use crate::gateway::Hub;
-use crate::replicate::{Replicator, SharedTable, TableApplier};
+use crate::replicate::{CommandValidator, Replicator, SharedTable, TableApplier};
 use crate::rooms::RoomCommand;
 
 /// How often the autopilot reconciles.
@@ -60,11 +60,18 @@ impl ClusterRuntime {
     ) -> anyhow::Result<ClusterRuntime> {
         let name = config.node.name.as_str();
         let cluster = &config.cluster;
+        let security = config.cluster_security()?;
+        if security.is_none() {
+            warn!("cluster.insecure = true: peer links are not encrypted or authenticated and gossip is not sealed (loopback only)");
+        }
         let peer_listener = TcpListener::bind(config.listen.peer)
             .await
             .with_context(|| format!("binding listen.peer {}", config.listen.peer))?;
         let peer_addr = peer_listener.local_addr()?;
-        let transport = TcpTransport::new(TcpTransportConfig::new(&cluster.id, name));
+        let mut transport_config = TcpTransportConfig::new(&cluster.id, name);
+        transport_config.incarnation = incarnation;
+        transport_config.tls = security.as_ref().map(|s| s.peer_tls.clone());
+        let transport = TcpTransport::new(transport_config);
         let tcp: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&transport));
         let peer_transport: Arc<dyn PeerTransport> = match &faults {
             Some(faults) => {
@@ -79,9 +86,10 @@ impl ClusterRuntime {
         group_config.election_timeout_max = Duration::from_millis(cluster.election_timeout_max_ms);
         group_config.snapshot_every = cluster.snapshot_every;
         let applier = Box::new(TableApplier(Arc::clone(shared)));
-        let group = RaftGroup::start(group_config, applier, Arc::clone(&peer_transport))
-            .await
-            .context("starting raft")?;
+        let group =
+            RaftGroup::start(group_config, applier, Arc::new(CommandValidator), Arc::clone(&peer_transport))
+                .await
+                .context("starting raft")?;
         let links = PeerLinks::new(name, peer_transport, Arc::clone(&group), Arc::clone(shared));
         hub.set_remote(links.clone());
         let app = Arc::new(AppHandler { hub: Arc::clone(hub), shared: Arc::clone(shared) });
@@ -291,6 +299,16 @@ impl Autopilot {
         if live.len() < self.bootstrap_expect || live[0].name != self.name {
             return;
         }
+        // Every founder must have answered a peer link as itself: gossip
+        // alone does not put a node into the group.
+        let founders_verified = live
+            .iter()
+            .take(self.bootstrap_expect)
+            .all(|m| m.name == self.name || self.links.is_authenticated(m));
+        if !founders_verified {
+            debug!("waiting for authenticated links to every founder");
+            return;
+        }
         let founders: BTreeMap<u64, PeerNode> = live
             .iter()
             .take(self.bootstrap_expect)
@@ -321,8 +339,13 @@ impl Autopilot {
         // Also any incarnation superseded by a newer live one (a restart
         // noticed before its old incarnation timed out).
         let live = self.membership.live_members();
+        // The newer incarnation must have answered a peer link as itself:
+        // gossip alone never evicts another incarnation.
         for (node, incarnation) in self.replicator.node_incarnations() {
-            if live.iter().any(|m| *m.name == *node && m.incarnation > incarnation) {
+            let superseded = live
+                .iter()
+                .any(|m| *m.name == *node && m.incarnation > incarnation && self.links.is_authenticated(m));
+            if superseded {
                 departed.insert((node.to_string(), incarnation));
             }
         }
@@ -359,6 +382,12 @@ impl Autopilot {
         for member in self.membership.live_members() {
             let id = node_id(&member.name);
             let node = PeerNode { name: member.name.clone(), peer_addr: member.peer_addr.to_string() };
+            // Gossip alone never adds a learner or moves a node's address:
+            // the node must have answered a peer link at that address as
+            // itself (its name bound to its certificate).
+            if member.name != self.name && !self.links.is_authenticated(&member) {
+                continue;
+            }
             if known.contains(&id) {
                 // A node back at a new address (a restart elsewhere): Raft
                 // must dial the new one.

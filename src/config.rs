@@ -87,6 +87,30 @@ pub struct ClusterConfig {
     /// A voter gone from gossip this long is replaced by a live learner
     /// (when there is one).
     pub replace_dead_voter_after_ms: u64,
+    /// The key gossip datagrams are sealed with: base64 of 32 bytes, the
+    /// same on every node (`starling cert create-ca` writes one).
+    pub gossip_key: Option<String>,
+    /// A file holding `gossip_key` (relative: from the config file's folder).
+    pub gossip_key_file: Option<PathBuf>,
+    /// No TLS on peer links and no gossip key. Refused unless every listen
+    /// address is loopback: for development on one machine only.
+    pub insecure: bool,
+    /// Mutual TLS between nodes.
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// The certificates of peer links (PEM files; relative paths are taken from
+/// the config file's folder).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// The cluster CA: peers must present a certificate it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (chain), signed by `ca`, with a DNS name equal
+    /// to `node.name`.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -102,6 +126,10 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 800,
             snapshot_every: 10_000,
             replace_dead_voter_after_ms: 60_000,
+            gossip_key: None,
+            gossip_key_file: None,
+            insecure: false,
+            tls: None,
         }
     }
 }
@@ -347,9 +375,29 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env_overrides(&mut table, env)?;
-        let config = Config::from_table(table)?;
+        let mut config = Config::from_table(table)?;
+        if let Some(folder) = path.and_then(Path::parent) {
+            config.resolve_paths(folder);
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes relative file paths relative to `folder` (the config file's).
+    fn resolve_paths(&mut self, folder: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = folder.join(&*path);
+            }
+        };
+        if let Some(tls) = &mut self.cluster.tls {
+            resolve(&mut tls.ca);
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        if let Some(file) = &mut self.cluster.gossip_key_file {
+            resolve(file);
+        }
     }
 
     /// Applies `STARLING_*` overrides on top of an in-memory config (the dev node).
@@ -468,7 +516,80 @@ impl Config {
         if cluster.gossip_interval_ms == 0 || cluster.snapshot_every == 0 {
             return Err(key_error("cluster", "gossip_interval_ms and snapshot_every must be greater than 0"));
         }
+        if self.is_cluster() {
+            self.cluster_security()?;
+        }
         Ok(())
+    }
+
+    /// What protects this node's peer links and gossip, loaded and checked
+    /// (files read, certificates verified against the CA and the node name).
+    /// `None`: the cluster is explicitly insecure (loopback only).
+    pub fn cluster_security(&self) -> Result<Option<ClusterSecurity>, ConfigError> {
+        let cluster = &self.cluster;
+        let has_key = cluster.gossip_key.is_some() || cluster.gossip_key_file.is_some();
+        if cluster.insecure {
+            if cluster.tls.is_some() || has_key {
+                return Err(key_error(
+                    "cluster.insecure",
+                    "insecure = true cannot be combined with [cluster.tls] or a gossip key",
+                ));
+            }
+            let listen = &self.listen;
+            let all_loopback =
+                [listen.client, listen.api, listen.peer, listen.gossip].iter().all(|a| a.ip().is_loopback());
+            if !all_loopback {
+                return Err(key_error(
+                    "cluster.insecure",
+                    "insecure = true is refused unless every listen address (client, api, peer, gossip) is loopback",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(tls) = &cluster.tls else {
+            return Err(key_error(
+                "cluster.tls",
+                "a cluster needs [cluster.tls] (ca, cert, key) and cluster.gossip_key or \
+                 cluster.gossip_key_file (see `starling cert`), or cluster.insecure = true on loopback",
+            ));
+        };
+        let gossip_key = match (&cluster.gossip_key, &cluster.gossip_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(key_error("cluster.gossip_key", "set gossip_key or gossip_key_file, not both"))
+            }
+            (Some(text), None) => {
+                parse_gossip_key(text).map_err(|message| key_error("cluster.gossip_key", message))?
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| key_error("cluster.gossip_key_file", format!("{}: {e}", path.display())))?;
+                parse_gossip_key(&text).map_err(|message| {
+                    key_error("cluster.gossip_key_file", format!("{}: {message}", path.display()))
+                })?
+            }
+            (None, None) => {
+                return Err(key_error(
+                    "cluster.gossip_key",
+                    "a cluster with TLS also needs cluster.gossip_key or cluster.gossip_key_file \
+                     (`starling cert create-ca` writes gossip.key)",
+                ))
+            }
+        };
+        if !crate::certs::is_certificate_name(&self.node.name) {
+            return Err(key_error(
+                "node.name",
+                "with [cluster.tls] the node name must be a DNS name (letters, digits, `-`, `.`): \
+                 it is checked against the node's certificate",
+            ));
+        }
+        let ca = crate::tls::load_certs(&tls.ca).map_err(|e| key_error("cluster.tls.ca", e.to_string()))?;
+        let chain =
+            crate::tls::load_certs(&tls.cert).map_err(|e| key_error("cluster.tls.cert", e.to_string()))?;
+        let key = crate::tls::load_private_key(&tls.key)
+            .map_err(|e| key_error("cluster.tls.key", e.to_string()))?;
+        let peer_tls = starling_cluster::transport::PeerTls::new(ca, chain, key, &self.node.name)
+            .map_err(|e| key_error("cluster.tls.cert", e.to_string()))?;
+        Ok(Some(ClusterSecurity { peer_tls, gossip_key }))
     }
 
     /// Whether this node runs as a cluster member (Raft and gossip).
@@ -542,6 +663,7 @@ impl Config {
         };
         mask(&mut masked.auth.jwt_hs256_secret);
         mask(&mut masked.auth.api_key);
+        mask(&mut masked.cluster.gossip_key);
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
@@ -565,6 +687,21 @@ impl Config {
         }];
         config
     }
+}
+
+/// The loaded credentials of a secure cluster member.
+#[derive(Clone)]
+pub struct ClusterSecurity {
+    pub peer_tls: starling_cluster::transport::PeerTls,
+    pub gossip_key: [u8; 32],
+}
+
+fn parse_gossip_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "must be base64 (of 32 bytes)".to_string())?;
+    bytes.try_into().map_err(|_| "must be base64 of exactly 32 bytes".to_string())
 }
 
 /// `STARLING_` variables that are not config overrides (CLI inputs).

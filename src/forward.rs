@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use starling_cluster::codec;
 use starling_cluster::raft::{PeerAnswer, PeerMessage, RaftGroup};
-use starling_cluster::transport::{BoxFuture, PeerHandler, PeerTransport};
+use starling_cluster::transport::{BoxFuture, PeerHandler, PeerIdentity, PeerTransport};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, Instrument};
 
-use crate::gateway::{Hub, Position, Published, RemoteFanout, SequenceError};
+use crate::gateway::{FrameSender, Hub, Position, Published, RemoteFanout, SequenceError};
 use crate::protocol::{ConnId, MessageFrom, RoomName};
 use crate::replicate::SharedTable;
 use crate::telemetry;
@@ -98,6 +98,7 @@ impl Router {
         match sequenced {
             Ok(position) => Ok(Some(position)),
             Err(SequenceError::NoRoom) => Ok(None),
+            Err(SequenceError::OffsetsExhausted) => Err(PublishError("room offsets exhausted".into())),
             Err(SequenceError::NotOwner { owner, .. }) => {
                 let links =
                     self.links.as_ref().ok_or_else(|| PublishError("room owner is unknown".into()))?;
@@ -147,10 +148,23 @@ impl PeerLinks {
         };
         let gossip = self.gossip_addrs.read().unwrap_or_else(|p| p.into_inner());
         for (name, addr) in gossip.iter() {
-            nodes.insert(name.clone(), addr.clone());
+            // Gossip's address wins only once that address answered a peer
+            // link as that node.
+            if self.transport.peer_identity(addr).is_some_and(|peer| peer.name == *name) {
+                nodes.insert(name.clone(), addr.clone());
+            }
         }
         nodes.remove(&self.me);
         nodes
+    }
+
+    /// Whether `member`'s peer address answered a link handshake as that
+    /// node and incarnation (with TLS: a certificate valid for its name).
+    pub fn is_authenticated(&self, member: &starling_cluster::membership::ClusterMember) -> bool {
+        self.transport.warm(&member.peer_addr.to_string());
+        self.transport
+            .peer_identity(&member.peer_addr.to_string())
+            .is_some_and(|peer| peer.name == member.name && peer.incarnation == member.incarnation)
     }
 
     /// Records the address gossip reports for a node (and opens the link).
@@ -267,11 +281,11 @@ pub struct AppHandler {
 impl PeerHandler for AppHandler {
     fn request(
         &self,
-        from: &str,
+        from: &PeerIdentity,
         body: Vec<u8>,
         trace: Option<String>,
     ) -> BoxFuture<Result<Vec<u8>, String>> {
-        let (hub, shared, from) = (Arc::clone(&self.hub), Arc::clone(&self.shared), from.to_string());
+        let (hub, shared, from) = (Arc::clone(&self.hub), Arc::clone(&self.shared), from.name.clone());
         Box::pin(async move {
             let AppMessage::Publish { room: room_name, data, from: sender, min_index, published_us } =
                 codec::decode::<AppMessage>(&body).map_err(|e| e.to_string())?
@@ -290,6 +304,7 @@ impl PeerHandler for AppHandler {
                 match hub.sequence(&room, data, from, Published { at: published_at, cross_node: true }) {
                     Ok(position) => Ok((position.epoch, position.offset)),
                     Err(SequenceError::NoRoom) => Err("room has no members".to_string()),
+                    Err(SequenceError::OffsetsExhausted) => Err("room offsets exhausted".to_string()),
                     Err(SequenceError::NotOwner { owner, .. }) => Err(format!("room owner moved to {owner}")),
                 }
             }
@@ -299,17 +314,23 @@ impl PeerHandler for AppHandler {
         })
     }
 
-    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>) {
+    fn one_way(&self, from: &PeerIdentity, body: Vec<u8>, trace: Option<String>) {
         match codec::decode::<AppMessage>(&body) {
             Ok(AppMessage::Deliver { room, epoch, offset, text, published_us }) => {
-                let _span = telemetry::deliver_span(&room, from, trace.as_deref()).entered();
-                if let Ok(room) = RoomName::parse(&room) {
-                    let published_at = instant_from_unix_micros(published_us);
-                    self.hub.deliver(&room, Position { epoch, offset }, Utf8Bytes::from(text), published_at);
+                let _span = telemetry::deliver_span(&room, &from.name, trace.as_deref()).entered();
+                let Ok(room) = RoomName::parse(&room) else {
+                    debug!(peer = %from.name, "delivery for an invalid room name dropped");
+                    return;
+                };
+                let published_at = instant_from_unix_micros(published_us);
+                let sender = FrameSender { node: &from.name, incarnation: from.incarnation };
+                let position = Position { epoch, offset };
+                if self.hub.deliver(sender, &room, position, Utf8Bytes::from(text), published_at).is_err() {
+                    debug!(peer = %from.name, room = %room, epoch, offset, "delivery from a node that does not own the room refused");
                 }
             }
-            Ok(_) => debug!(peer = %from, "unexpected one-way message"),
-            Err(error) => debug!(peer = %from, %error, "undecodable one-way message"),
+            Ok(_) => debug!(peer = %from.name, "unexpected one-way message"),
+            Err(error) => debug!(peer = %from.name, %error, "undecodable one-way message"),
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`api`]: HTTP server API, health, readiness, metrics, demo page (warp).
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
 //! - [`telemetry`]: logging and metrics.
+//! - [`certs`]: `starling cert`: the cluster CA, node certificates, the gossip key.
+//! - [`tls`]: reading PEM certificates and keys.
 //! - [`node`]: the composition root that builds and stops all of the above.
 //!
 //! Dependencies point one way: `node` uses everything; `gateway` and `api`
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod forward;
@@ -31,6 +34,7 @@ pub mod protocol;
 pub mod replicate;
 pub mod rooms;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, NodeStats};

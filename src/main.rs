@@ -1,4 +1,5 @@
-//! The `starling` command line: `serve` (the default), `check-config` and `token`.
+//! The `starling` command line: `serve` (the default), `check-config`, `token`
+//! and `cert`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +47,28 @@ enum Command {
         #[arg(long)]
         iss: Option<String>,
     },
+    /// Make the certificates and the gossip key of a secure cluster.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write DIR/ca.crt, DIR/ca.key and DIR/gossip.key (keys 0600; existing files are never overwritten).
+    CreateCa {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write DIR/NAME.crt and DIR/NAME.key, signed by DIR/ca.crt and DIR/ca.key, for node NAME.
+    CreateNode {
+        /// The node name (`node.name`); the certificate is valid for it.
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Another DNS name or IP address the certificate is valid for; repeat for several.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +87,18 @@ fn main() -> anyhow::Result<()> {
             };
             let request = MintRequest { sub, rooms, ttl, meta, audience: aud, issuer: iss };
             println!("{}", mint_token(&secret, &request)?);
+            Ok(())
+        }
+        Command::Cert(CertCommand::CreateCa { dir }) => {
+            for path in starling::certs::create_ca(&dir)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Cert(CertCommand::CreateNode { name, dir, hosts }) => {
+            for path in starling::certs::create_node(&name, &dir, &hosts)? {
+                println!("wrote {}", path.display());
+            }
             Ok(())
         }
     }

@@ -8,14 +8,16 @@
 //! ([`Backend::Raft`]), where every node applies every command through
 //! [`TableApplier`]. The gateway does not know which.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use starling_cluster::codec;
-use starling_cluster::raft::{Applier, RaftGroup};
+use starling_cluster::raft::{Applier, ProposalValidator, ProposeError, RaftGroup};
+use starling_cluster::transport::PeerIdentity;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::gateway::Hub;
 use crate::protocol::RoomName;
@@ -54,12 +56,20 @@ pub struct SharedTable {
     hub: Arc<Hub>,
     /// The last applied log index, for waiting on "applied at least N".
     applied_tx: watch::Sender<u64>,
+    /// Committed entries skipped because they did not decode or validate
+    /// (`starling_raft_entries_rejected_total`).
+    rejected_entries: AtomicU64,
 }
 
 impl SharedTable {
     pub fn new(hub: Arc<Hub>) -> Arc<SharedTable> {
         let state = TableState { last_index: 0, table: RoomTable::new() };
-        Arc::new(SharedTable { state: Mutex::new(state), hub, applied_tx: watch::Sender::new(0) })
+        Arc::new(SharedTable {
+            state: Mutex::new(state),
+            hub,
+            applied_tx: watch::Sender::new(0),
+            rejected_entries: AtomicU64::new(0),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, TableState> {
@@ -98,6 +108,11 @@ impl SharedTable {
         *self.applied_tx.borrow()
     }
 
+    /// Committed entries skipped so far (undecodable or invalid).
+    pub fn rejected_entries(&self) -> u64 {
+        self.rejected_entries.load(Ordering::Relaxed)
+    }
+
     /// Waits until this node has applied `index` (bounded).
     pub async fn wait_applied(&self, index: u64) -> Result<(), ReplicateError> {
         let mut applied = self.applied_tx.subscribe();
@@ -126,7 +141,54 @@ const BATCHES_IN_FLIGHT: usize = 8;
 /// epochs come from it, so every command needs its own.
 fn table_index(index: u64, position: usize) -> u64 {
     debug_assert!(position < MAX_BATCH);
-    index * MAX_BATCH as u64 + position as u64
+    index.saturating_mul(MAX_BATCH as u64).saturating_add(position as u64)
+}
+
+/// Decodes a batch and checks every command; the one rule both proposing
+/// and applying use.
+fn decode_batch(bytes: &[u8]) -> Result<Vec<RoomCommand>, String> {
+    let commands = codec::decode::<Vec<RoomCommand>>(bytes).map_err(|e| e.to_string())?;
+    if commands.is_empty() || commands.len() > MAX_BATCH {
+        return Err(format!("a batch holds 1 to {MAX_BATCH} commands, not {}", commands.len()));
+    }
+    for command in &commands {
+        command.check().map_err(str::to_string)?;
+    }
+    Ok(commands)
+}
+
+/// Checks batches before they are proposed: well formed, and, when another
+/// node forwarded it, only about that node's own members: its joins carry
+/// its name and incarnation, its leaves name its own connections, and it
+/// evicts only its own earlier incarnations. The leader's own evictions of
+/// departed nodes are proposed locally.
+pub struct CommandValidator;
+
+impl ProposalValidator for CommandValidator {
+    fn validate(&self, proposer: Option<&PeerIdentity>, command: &[u8]) -> Result<(), String> {
+        let commands = decode_batch(command)?;
+        let Some(peer) = proposer else {
+            return Ok(());
+        };
+        let own_tag = crate::config::incarnation_tag(&peer.name, peer.incarnation);
+        for command in &commands {
+            let allowed = match command {
+                RoomCommand::Join { member, .. } => {
+                    *member.node == *peer.name && member.incarnation == peer.incarnation
+                }
+                RoomCommand::Leave { conn, .. } | RoomCommand::ConnGone { conn } => {
+                    conn.incarnation_tag() == own_tag
+                }
+                RoomCommand::EvictNode { node, incarnation } => {
+                    **node == *peer.name && *incarnation < peer.incarnation
+                }
+            };
+            if !allowed {
+                return Err(format!("node {} may not propose {command:?}", peer.name));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The room table behind a Raft state machine.
@@ -134,10 +196,11 @@ pub struct TableApplier(pub Arc<SharedTable>);
 
 impl Applier for TableApplier {
     fn apply(&mut self, index: u64, batch: &[u8]) -> Vec<u8> {
-        let commands = codec::decode::<Vec<RoomCommand>>(batch).unwrap_or_else(|error| {
+        let commands = decode_batch(batch).unwrap_or_else(|reason| {
             // Every node fails the same way on the same bytes, so the
-            // tables stay equal; the entry is skipped.
-            warn!(index, %error, "undecodable room command batch skipped");
+            // tables stay equal; the entry is skipped, never applied in part.
+            error!(index, %reason, "committed room command batch rejected and skipped");
+            self.0.rejected_entries.fetch_add(1, Ordering::Relaxed);
             Vec::new()
         });
         let effects = self.0.apply_batch(index, commands);
@@ -233,7 +296,13 @@ async fn propose_batch(
     commands: &[RoomCommand],
 ) -> Result<Vec<Vec<Effect>>, ReplicateError> {
     let bytes = codec::encode(&commands).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
-    let response = group.propose(bytes).await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+    let response = group.propose(bytes).await.map_err(|error| {
+        if let ProposeError::Invalid(reason) = &error {
+            // This node's own commands failing validation is a bug here.
+            warn!(%reason, "a proposed batch was refused");
+        }
+        ReplicateError::Unavailable(error.to_string())
+    })?;
     let applied: AppliedBatch =
         codec::decode(&response).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
     // The leader applied it; make it visible here before answering, so a

@@ -27,6 +27,7 @@ fn cluster_config(name: &str, seeds: Vec<String>) -> Config {
     config.cluster.replace_dead_voter_after_ms = 1_000;
     config.limits.publish_per_second = 10_000.0;
     config.limits.publish_burst = 10_000;
+    certs::test_certs().apply(&mut config);
     config
 }
 

@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "common/certs.rs"]
+mod certs;
+
 use serde_json::{json, Value};
 use starling::auth::{mint_token, MintRequest};
 use starling::Config;
@@ -138,6 +141,7 @@ impl NodeProcess {
             .env("STARLING_LISTEN__PEER", spec.addr(spec.ports.peer).to_string())
             .env("STARLING_LISTEN__GOSSIP", spec.addr(spec.ports.gossip).to_string())
             .env("STARLING_CLUSTER__SEEDS", &spec.seeds)
+            .envs(certs::test_certs().env(&spec.name))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

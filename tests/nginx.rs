@@ -20,6 +20,8 @@
 //! `CI_REQUIRE_NGINX=1` (set by `.ci/run`), which makes a missing
 //! nginx a failure.
 
+#[path = "common/certs.rs"]
+mod certs;
 #[path = "common/processes.rs"]
 mod processes;
 

@@ -225,7 +225,7 @@ gossip = "127.0.0.1:{gossip}"
 id = "telemetry-test"
 seeds = {seeds}
 bootstrap_expect = {expect}
-[auth]
+{security}[auth]
 jwt_hs256_secret = "{SECRET}"
 api_key = "{API_KEY}"
 [log]
@@ -234,6 +234,7 @@ format = "json"
 [[namespaces]]
 name = "chat"
 "#,
+        security = common::certs::test_certs().toml(name),
         data = dir.join(name).display(),
         client = ports.client,
         api = ports.api,

@@ -1,6 +1,11 @@
 //! The one place node-to-node data is encoded: bincode 2 (serde mode) with
 //! the standard configuration. The Raft log on disk and every peer frame use
 //! it, so the format can be changed here and nowhere else.
+//!
+//! Every decode is bounded: bincode is told how many bytes the value may
+//! claim (strings, byte buffers, containers) before it allocates, so a
+//! length prefix of 2^62 is an error, never an allocation. The limit does
+//! not change the encoding.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,21 +21,49 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// The most memory one decode may claim: the largest peer frame.
+pub const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// The most memory a decode of unauthenticated input (a handshake) may claim.
+pub const MAX_SMALL_DECODE_BYTES: usize = 64 << 10;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn limited<const LIMIT: usize>() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<LIMIT>,
+> {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::serde::encode_to_vec(value, config())?)
 }
 
-/// Decodes exactly one value; trailing bytes are an error.
+/// Decodes exactly one value, claiming at most [`MAX_DECODE_BYTES`];
+/// trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, limited::<MAX_DECODE_BYTES>())?;
+    exactly(bytes, used)?;
+    Ok(value)
+}
+
+/// Like [`decode`], claiming at most [`MAX_SMALL_DECODE_BYTES`]: for input
+/// from a peer that has not authenticated yet.
+pub fn decode_small<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, limited::<MAX_SMALL_DECODE_BYTES>())?;
+    exactly(bytes, used)?;
+    Ok(value)
+}
+
+fn exactly(bytes: &[u8], used: usize) -> Result<(), CodecError> {
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
-    Ok(value)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -46,5 +79,17 @@ mod tests {
         longer.push(0);
         assert!(matches!(decode::<(u64, String, Vec<u8>)>(&longer), Err(CodecError::Trailing(1))));
         assert!(decode::<(u64, String, Vec<u8>)>(&bytes[..2]).is_err());
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_an_error_not_an_allocation() {
+        // A string claiming 2^62 bytes: varint tag 0xfd then a u64.
+        let mut bytes = vec![0xfd];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(matches!(decode::<String>(&bytes), Err(CodecError::Decode(_))));
+        // Within the big limit but over the small one.
+        let mut bytes = vec![0xfc];
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        assert!(matches!(decode_small::<Vec<u8>>(&bytes), Err(CodecError::Decode(_))));
     }
 }

@@ -93,6 +93,10 @@ impl PeerTransport for FaultyPeerTransport {
     fn stats(&self) -> Option<Arc<crate::transport::TransportStats>> {
         self.inner.stats()
     }
+
+    fn peer_identity(&self, addr: &str) -> Option<crate::transport::PeerIdentity> {
+        self.inner.peer_identity(addr)
+    }
 }
 
 /// A gossip transport whose sockets drop datagrams along cut links.

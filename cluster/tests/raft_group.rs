@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_cluster::raft::{node_id, Applier, GroupConfig, PeerNode, ProposeError, RaftGroup};
+use starling_cluster::raft::{
+    node_id, AcceptAll, Applier, GroupConfig, PeerMessage, PeerNode, ProposeError, RaftGroup,
+};
 use starling_cluster::transport::{
-    BoxFuture, MemoryNetwork, PeerHandler, PeerTransport, TcpTransport, TcpTransportConfig,
+    BoxFuture, MemoryNetwork, PeerHandler, PeerIdentity, PeerTls, PeerTransport, TcpTransport,
+    TcpTransportConfig, TransportError,
 };
 
 type Log = Arc<Mutex<Vec<Vec<u8>>>>;
@@ -35,10 +38,49 @@ impl Applier for Recorder {
 struct NoApp;
 
 impl PeerHandler for NoApp {
-    fn request(&self, _: &str, _: Vec<u8>, _: Option<String>) -> BoxFuture<Result<Vec<u8>, String>> {
+    fn request(&self, _: &PeerIdentity, _: Vec<u8>, _: Option<String>) -> BoxFuture<Result<Vec<u8>, String>> {
         Box::pin(async { Err("no application handler".into()) })
     }
-    fn one_way(&self, _: &str, _: Vec<u8>, _: Option<String>) {}
+    fn one_way(&self, _: &PeerIdentity, _: Vec<u8>, _: Option<String>) {}
+}
+
+/// A cluster CA that signs node certificates, as `starling cert` does.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let der = params.self_signed(&key).unwrap().der().clone();
+        TestCa { params, key, der }
+    }
+
+    /// A certificate valid for `name`, for both ends of a link.
+    fn node(
+        &self,
+        name: &str,
+    ) -> (rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap().der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (cert, key)
+    }
+
+    /// TLS settings for node `name` with a certificate made for `cert_name`.
+    fn tls(&self, name: &str, cert_name: &str) -> Result<PeerTls, starling_cluster::transport::PeerTlsError> {
+        let (cert, key) = self.node(cert_name);
+        PeerTls::new(vec![self.der.clone()], vec![cert], key, name)
+    }
 }
 
 fn temp_dir() -> PathBuf {
@@ -93,7 +135,9 @@ async fn memory_group(network: &Arc<MemoryNetwork>, dir: &std::path::Path) -> Ve
         let log: Log = Arc::default();
         let transport: Arc<dyn PeerTransport> = Arc::new(network.transport(&addr));
         let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
-        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), transport).await.unwrap();
+        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
+            .await
+            .unwrap();
         network.register(&addr, &name, group.handler(Arc::new(NoApp)));
         members.push(Member { name, addr, group, log });
     }
@@ -161,6 +205,139 @@ async fn an_isolated_leader_refuses_while_the_majority_elects_a_new_one_and_it_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_are_not_members_or_speak_for_another_node_are_refused() {
+    let network = MemoryNetwork::new();
+    let dir = temp_dir();
+    let members = memory_group(&network, &dir).await;
+    members[0].group.initialize(voters(&members)).await.unwrap();
+    let all: Vec<&Member> = members.iter().collect();
+    wait_for("one leader", || leader_of(&all)).await;
+    // A stranger on the network (not in the group) proposes and asks for
+    // a read index: both refused, nothing applied.
+    network.register("mem-9", "node-9", Arc::new(NoApp));
+    let stranger = network.transport("mem-9");
+    let timeout = Duration::from_secs(2);
+    for message in [PeerMessage::Propose(b"forged".to_vec()), PeerMessage::ReadIndex] {
+        let body = starling_cluster::codec::encode(&message).unwrap();
+        let answer = stranger.request(&members[0].addr, body, None, timeout).await;
+        assert!(
+            matches!(&answer, Err(TransportError::Remote { message, .. }) if message == "not authorized"),
+            "{answer:?}"
+        );
+    }
+    // A member asking for votes in another member's name is refused too.
+    let leader_metrics = members[0].group.metrics().borrow().clone();
+    let forged = openraft::raft::VoteRequest::new(
+        openraft::Vote::new(leader_metrics.current_term + 5, node_id("node-3")),
+        None,
+    );
+    let body = starling_cluster::codec::encode(&PeerMessage::Vote(forged)).unwrap();
+    let answer = network.transport(&members[1].addr).request(&members[0].addr, body, None, timeout).await;
+    assert!(matches!(&answer, Err(TransportError::Remote { .. })), "{answer:?}");
+    assert!(members[0].group.refused_unauthorized() >= 3);
+    assert!(members.iter().all(|m| m.log.lock().unwrap().is_empty()));
+    // Members still work.
+    members[1].group.propose(b"real".to_vec()).await.unwrap();
+    for member in &members {
+        member.group.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_over_mutual_tls_and_strangers_get_nowhere() {
+    let dir = temp_dir();
+    let ca = TestCa::new();
+    let mut members = Vec::new();
+    let mut transports = Vec::new();
+    for i in 1..=3 {
+        let name = format!("node-{i}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut transport_config = TcpTransportConfig::new("test-cluster", &name);
+        transport_config.tls = Some(ca.tls(&name, &name).unwrap());
+        let tcp = TcpTransport::new(transport_config);
+        let log: Log = Arc::default();
+        let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
+        let transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&tcp));
+        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
+            .await
+            .unwrap();
+        tokio::spawn(Arc::clone(&tcp).serve(listener, group.handler(Arc::new(NoApp))));
+        transports.push(tcp);
+        members.push(Member { name, addr, group, log });
+    }
+    members[0].group.initialize(voters(&members)).await.unwrap();
+    let all: Vec<&Member> = members.iter().collect();
+    wait_for("one leader over tls", || leader_of(&all)).await;
+    members[2].group.propose(b"over-tls".to_vec()).await.unwrap();
+    for member in &members {
+        wait_for("applied everywhere", || (member.log.lock().unwrap().len() == 1).then_some(())).await;
+    }
+    let target = &members[0].addr;
+    let stats = &transports[0].stats;
+    let rejected =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A node of another CA: its TLS handshake fails.
+    let foreign = TestCa::new();
+    let mut config = TcpTransportConfig::new("test-cluster", "node-2");
+    config.tls = Some(foreign.tls("node-2", "node-2").unwrap());
+    let impostor = TcpTransport::new(config);
+    let _ = Arc::clone(&impostor).send(target, vec![1], None);
+    wait_for("the foreign certificate is refused", || (rejected(&stats.rejected_tls) >= 1).then_some(()))
+        .await;
+    assert!(!impostor.is_connected(target));
+    impostor.shutdown();
+
+    // A node with a certificate of this CA, claiming a name it is not valid for.
+    let mut config = TcpTransportConfig::new("test-cluster", "node-2");
+    config.tls = Some(ca.tls("node-9", "node-9").unwrap());
+    config.node = "node-2".into();
+    let liar = TcpTransport::new(config);
+    let before = rejected(&stats.rejected_handshake);
+    let _ = Arc::clone(&liar).send(target, vec![1], None);
+    wait_for("the false name is refused", || (rejected(&stats.rejected_handshake) > before).then_some(()))
+        .await;
+    assert!(!liar.is_connected(target));
+    liar.shutdown();
+
+    // Plain TCP that speaks the old handshake gets no further than TLS.
+    let plain = TcpTransport::new(TcpTransportConfig::new("test-cluster", "node-2"));
+    let before = rejected(&stats.rejected_tls);
+    let _ = Arc::clone(&plain).send(target, vec![1], None);
+    wait_for("plain tcp is refused", || (rejected(&stats.rejected_tls) > before).then_some(())).await;
+    assert!(!plain.is_connected(target));
+    plain.shutdown();
+
+    // The group still works, and nothing else was applied.
+    members[1].group.propose(b"after".to_vec()).await.unwrap();
+    for member in &members {
+        wait_for("applied everywhere", || (member.log.lock().unwrap().len() == 2).then_some(())).await;
+    }
+    for member in &members {
+        member.group.shutdown().await;
+    }
+    for tcp in transports {
+        tcp.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_valid_for_the_node_name_is_refused_at_start() {
+    let ca = TestCa::new();
+    assert!(matches!(
+        ca.tls("node-1", "node-2"),
+        Err(starling_cluster::transport::PeerTlsError::WrongName(_))
+    ));
+    let other = TestCa::new();
+    let (cert, key) = other.node("node-1");
+    let signed_elsewhere = PeerTls::new(vec![ca.der.clone()], vec![cert], key, "node-1");
+    assert!(matches!(signed_elsewhere, Err(starling_cluster::transport::PeerTlsError::NotSignedByCa(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_over_tcp_and_a_foreign_cluster_is_refused() {
     let dir = temp_dir();
     let mut members = Vec::new();
@@ -173,7 +350,9 @@ async fn three_nodes_replicate_over_tcp_and_a_foreign_cluster_is_refused() {
         let log: Log = Arc::default();
         let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
         let transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&tcp));
-        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), transport).await.unwrap();
+        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
+            .await
+            .unwrap();
         tokio::spawn(Arc::clone(&tcp).serve(listener, group.handler(Arc::new(NoApp))));
         transports.push(tcp);
         members.push(Member { name, addr, group, log });

@@ -10,6 +10,7 @@
 //! hub never decides membership: it only mirrors what `rooms` decided.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -43,6 +44,36 @@ pub enum SequenceError {
     NoRoom,
     /// Another node owns the room and sequences its messages.
     NotOwner { owner: Arc<str>, epoch: u64 },
+    /// The epoch's offsets are used up (2^64 messages): the room needs a new
+    /// epoch. Never reached in practice; offsets never wrap.
+    OffsetsExhausted,
+}
+
+/// The node that sent a frame, as its peer link authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameSender<'a> {
+    pub node: &'a str,
+    pub incarnation: u64,
+}
+
+/// A delivery that was not from the room's owner incarnation in the
+/// room's current epoch, and was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRefused;
+
+/// Frames held for a room, at most: frames of an epoch this node has not
+/// applied yet (the owner changed and the Raft entry saying so is still on
+/// its way here).
+const HELD_FRAMES_PER_ROOM: usize = 256;
+
+/// A frame of a future epoch, waiting for that epoch's owner change.
+#[derive(Debug)]
+struct HeldFrame {
+    node: Arc<str>,
+    incarnation: u64,
+    position: Position,
+    text: Utf8Bytes,
+    published_at: Instant,
 }
 
 #[derive(Debug)]
@@ -53,6 +84,9 @@ struct LocalRoom {
     /// The offset of the last message sequenced or delivered in this epoch.
     last_offset: u64,
     subscribers: Vec<Arc<SessionEntry>>,
+    /// Frames of later epochs that arrived before this node applied the
+    /// owner change (bounded by `HELD_FRAMES_PER_ROOM`).
+    held: Vec<HeldFrame>,
 }
 
 pub struct Hub {
@@ -64,6 +98,9 @@ pub struct Hub {
     metrics: Metrics,
     /// Set once in a cluster; a single node has no one to send to.
     remote: OnceLock<Arc<dyn RemoteFanout>>,
+    /// Deliveries dropped because their sender was not the room's owner
+    /// incarnation for their epoch (`starling_peer_rejected_total`).
+    refused_deliveries: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,7 +123,13 @@ impl Hub {
             namespaces,
             metrics,
             remote: OnceLock::new(),
+            refused_deliveries: AtomicU64::new(0),
         }
+    }
+
+    /// Deliveries refused so far (see [`Hub::deliver`]).
+    pub fn refused_deliveries(&self) -> u64 {
+        self.refused_deliveries.load(Ordering::Relaxed)
     }
 
     /// Connects the hub to the cluster's forwarding (once, at start).
@@ -118,6 +161,7 @@ impl Hub {
                         owner_incarnation: *owner_incarnation,
                         last_offset: 0,
                         subscribers: Vec::new(),
+                        held: Vec::new(),
                     };
                     self.rooms
                         .write()
@@ -131,11 +175,12 @@ impl Hub {
                         let mut local = lock(&local);
                         local.owner = owner.clone();
                         local.owner_incarnation = *owner_incarnation;
-                        // A delivery from the new owner may have arrived first.
                         if local.epoch < *epoch {
                             local.epoch = *epoch;
                             local.last_offset = 0;
                         }
+                        // Deliveries from the new owner may have arrived first.
+                        self.release_held(room, &mut local);
                     }
                 }
                 Effect::RoomClosed { room } => {
@@ -208,6 +253,7 @@ impl Hub {
                 owner_incarnation: snapshot.owner_incarnation,
                 last_offset,
                 subscribers,
+                held: Vec::new(),
             };
             rebuilt.insert(name, Arc::new(Mutex::new(local)));
         }
@@ -230,8 +276,9 @@ impl Hub {
             // waits for that incarnation's eviction to get a new owner.
             return Err(SequenceError::NotOwner { owner: local.owner.clone(), epoch: local.epoch });
         }
-        local.last_offset += 1;
-        let position = Position { epoch: local.epoch, offset: local.last_offset };
+        let offset = local.last_offset.checked_add(1).ok_or(SequenceError::OffsetsExhausted)?;
+        local.last_offset = offset;
+        let position = Position { epoch: local.epoch, offset };
         let text = Utf8Bytes::from(protocol::encode_message(
             room.as_str(),
             position.epoch,
@@ -251,23 +298,88 @@ impl Hub {
         Ok(position)
     }
 
-    /// Takes a frame sequenced by the room's owner on another node. Frames of
-    /// an older epoch are dropped; a newer epoch is adopted. `published_at`
-    /// is the publisher's accept time, mapped onto this node's clock.
-    pub fn deliver(&self, room: &RoomName, position: Position, text: Utf8Bytes, published_at: Instant) {
+    /// Takes a frame sequenced by the room's owner on another node. Only the
+    /// room's owner incarnation may deliver in the room's current epoch;
+    /// anything else is refused. Frames of an older epoch, and offsets
+    /// already seen, are dropped quietly (a late or repeated frame); frames
+    /// of a later epoch are held until this node applies that epoch's owner
+    /// change, then delivered if they came from the new owner.
+    /// `published_at` is the publisher's accept time on this node's clock.
+    pub fn deliver(
+        &self,
+        from: FrameSender<'_>,
+        room: &RoomName,
+        position: Position,
+        text: Utf8Bytes,
+        published_at: Instant,
+    ) -> Result<(), DeliveryRefused> {
         let Some(local) = self.room(room) else {
-            return;
+            return Ok(());
         };
         let mut local = lock(&local);
-        if position.epoch < local.epoch
-            || (position.epoch == local.epoch && position.offset <= local.last_offset)
-        {
+        if position.epoch < local.epoch {
+            return Ok(());
+        }
+        if position.epoch > local.epoch {
+            if local.held.len() >= HELD_FRAMES_PER_ROOM {
+                return Err(self.refuse_delivery());
+            }
+            local.held.push(HeldFrame {
+                node: Arc::from(from.node),
+                incarnation: from.incarnation,
+                position,
+                text,
+                published_at,
+            });
+            return Ok(());
+        }
+        if *local.owner != *from.node || local.owner_incarnation != from.incarnation {
+            return Err(self.refuse_delivery());
+        }
+        self.deliver_in_epoch(room, &mut local, position.offset, &text, published_at);
+        Ok(())
+    }
+
+    fn refuse_delivery(&self) -> DeliveryRefused {
+        self.refused_deliveries.fetch_add(1, Ordering::Relaxed);
+        DeliveryRefused
+    }
+
+    /// Fans out a frame of the current epoch from the owner, once per offset.
+    fn deliver_in_epoch(
+        &self,
+        room: &RoomName,
+        local: &mut LocalRoom,
+        offset: u64,
+        text: &Utf8Bytes,
+        published_at: Instant,
+    ) {
+        if offset <= local.last_offset {
             return;
         }
-        local.epoch = position.epoch;
-        local.last_offset = position.offset;
+        local.last_offset = offset;
         let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
-        self.fan_out(&local.subscribers, &text, Some(Published { at: published_at, cross_node: true }));
+        self.fan_out(&local.subscribers, text, Some(Published { at: published_at, cross_node: true }));
+    }
+
+    /// After an owner change: delivers held frames of the new epoch from the
+    /// new owner, keeps those of later epochs, refuses the rest.
+    fn release_held(&self, room: &RoomName, local: &mut LocalRoom) {
+        if local.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut local.held);
+        for frame in held {
+            if frame.position.epoch > local.epoch {
+                local.held.push(frame);
+            } else if frame.position.epoch < local.epoch {
+                continue;
+            } else if *frame.node == *local.owner && frame.incarnation == local.owner_incarnation {
+                self.deliver_in_epoch(room, local, frame.position.offset, &frame.text, frame.published_at);
+            } else {
+                self.refuse_delivery();
+            }
+        }
     }
 
     fn fan_out(&self, subscribers: &[Arc<SessionEntry>], text: &Utf8Bytes, published: Option<Published>) {

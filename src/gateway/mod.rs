@@ -20,7 +20,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub use admission::{Admission, Rejection};
-pub use hub::{wire_member, wire_member_list, Hub, Position, RemoteFanout, SequenceError};
+pub use hub::{
+    wire_member, wire_member_list, DeliveryRefused, FrameSender, Hub, Position, RemoteFanout, SequenceError,
+};
 pub use listener::serve;
 pub use outbound::{OutFrame, Outbound, Published, PushError};
 pub use sessions::{SessionEntry, Sessions};

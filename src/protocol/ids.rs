@@ -17,6 +17,11 @@ impl ConnId {
         ConnId((u64::from(incarnation_tag & 0xff_ffff) << 40) | (counter & 0xff_ffff_ffff))
     }
 
+    /// The hash of the node incarnation that accepted the connection.
+    pub fn incarnation_tag(self) -> u32 {
+        (self.0 >> 40) as u32
+    }
+
     pub fn parse(text: &str) -> Option<ConnId> {
         if text.len() != 16 {
             return None;

@@ -46,6 +46,45 @@ pub enum RoomCommand {
     },
 }
 
+/// The most bytes of a member's user id, node name and meta that a command
+/// may carry (the gateway's own limits are lower; these bound what any
+/// committed entry can make every node hold).
+pub const MAX_USER_BYTES: usize = 256;
+pub const MAX_NODE_BYTES: usize = 64;
+pub const MAX_META_BYTES: usize = 64 * 1024;
+
+impl RoomCommand {
+    /// Checks what the types cannot: sizes, and that `meta` is a JSON
+    /// object. Commands that fail are never proposed, and a committed one
+    /// that fails is skipped on every node alike.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self {
+            RoomCommand::Join { member, .. } => {
+                if member.user.is_empty() || member.user.len() > MAX_USER_BYTES {
+                    return Err("member user id is empty or too long");
+                }
+                if member.node.is_empty() || member.node.len() > MAX_NODE_BYTES {
+                    return Err("member node name is empty or too long");
+                }
+                if member.meta.len() > MAX_META_BYTES || !is_json_object(&member.meta) {
+                    return Err("member meta is not a JSON object of at most 64 KiB");
+                }
+                Ok(())
+            }
+            RoomCommand::EvictNode { node, .. } if node.is_empty() || node.len() > MAX_NODE_BYTES => {
+                Err("node name is empty or too long")
+            }
+            RoomCommand::Leave { .. } | RoomCommand::ConnGone { .. } | RoomCommand::EvictNode { .. } => {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
 /// Why a join was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {

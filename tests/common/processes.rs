@@ -178,6 +178,7 @@ impl ProcessCluster {
             .env("STARLING_LISTEN__PEER", at(ports.peer))
             .env("STARLING_LISTEN__GOSSIP", at(ports.gossip))
             .env("STARLING_CLUSTER__SEEDS", seeds)
+            .envs(super::certs::test_certs().env(&self.names[i]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

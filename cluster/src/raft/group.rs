@@ -4,18 +4,37 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::network::{NetworkFactory, PeerAnswer, PeerMessage, ProposeRefusal};
 use super::{node_id, Applier, Command, LogStore, NodeId, PeerNode, Raft, StateMachine, StorageError};
 use crate::codec;
-use crate::transport::{BoxFuture, PeerHandler, PeerTransport, SharedHandler};
+use crate::transport::{BoxFuture, PeerHandler, PeerIdentity, PeerTransport, SharedHandler};
+
+/// The application's check of a command before it is proposed. Runs on the
+/// leader (and on the proposing node), never at apply time: applying stays
+/// total and deterministic whatever was committed.
+pub trait ProposalValidator: Send + Sync + 'static {
+    /// `proposer` is `None` for this node's own commands, else the peer that
+    /// forwarded it (its name bound to its certificate).
+    fn validate(&self, proposer: Option<&PeerIdentity>, command: &[u8]) -> Result<(), String>;
+}
+
+/// Accepts every command (tests, and applications with nothing to check).
+pub struct AcceptAll;
+
+impl ProposalValidator for AcceptAll {
+    fn validate(&self, _: Option<&PeerIdentity>, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// How a node takes part in the group.
 #[derive(Debug, Clone)]
@@ -55,6 +74,9 @@ pub enum ProposeError {
     Unavailable(String),
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// The command failed validation; retrying it cannot help.
+    #[error("command refused: {0}")]
+    Invalid(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +94,16 @@ pub struct RaftGroup {
     me: NodeId,
     transport: Arc<dyn PeerTransport>,
     propose_timeout: Duration,
+    validator: Arc<dyn ProposalValidator>,
+    /// Peer messages refused because of who sent them (see `authorize`).
+    refused_unauthorized: AtomicU64,
 }
 
 impl RaftGroup {
     pub async fn start(
         config: GroupConfig,
         applier: Box<dyn Applier>,
+        validator: Arc<dyn ProposalValidator>,
         transport: Arc<dyn PeerTransport>,
     ) -> Result<Arc<RaftGroup>, GroupError> {
         let raft_config = Config {
@@ -98,7 +124,14 @@ impl RaftGroup {
         let raft = Raft::new(me, Arc::new(raft_config), network, log, state_machine)
             .await
             .map_err(|e| GroupError::Raft(e.to_string()))?;
-        Ok(Arc::new(RaftGroup { raft, me, transport, propose_timeout: config.propose_timeout }))
+        Ok(Arc::new(RaftGroup {
+            raft,
+            me,
+            transport,
+            propose_timeout: config.propose_timeout,
+            validator,
+            refused_unauthorized: AtomicU64::new(0),
+        }))
     }
 
     pub fn id(&self) -> NodeId {
@@ -129,6 +162,7 @@ impl RaftGroup {
     /// Proposes `command` and waits until it is committed and applied here or
     /// on the leader; returns the applier's response.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        self.validator.validate(None, &command).map_err(ProposeError::Invalid)?;
         let attempt = async {
             let mut command = command;
             // A leader change while forwarding is retried a few times.
@@ -142,6 +176,7 @@ impl RaftGroup {
                     Err((ProposeRefusal::Failed(reason), _)) => {
                         return Err(ProposeError::Unavailable(reason))
                     }
+                    Err((ProposeRefusal::Invalid(reason), _)) => return Err(ProposeError::Invalid(reason)),
                 }
             }
             Err(ProposeError::Unavailable("leader keeps changing".into()))
@@ -197,7 +232,9 @@ impl RaftGroup {
                     Err(ProposeRefusal::NotLeader { .. }) => {
                         tokio::time::sleep(Duration::from_millis(50)).await
                     }
-                    Err(ProposeRefusal::Failed(reason)) => return Err(ProposeError::Unavailable(reason)),
+                    Err(ProposeRefusal::Failed(reason) | ProposeRefusal::Invalid(reason)) => {
+                        return Err(ProposeError::Unavailable(reason))
+                    }
                 }
             }
             Err(ProposeError::Unavailable("no stable leader".into()))
@@ -242,6 +279,63 @@ impl RaftGroup {
         self.raft.metrics().borrow().current_leader == Some(self.me)
     }
 
+    /// Peer messages refused so far because of who sent them.
+    pub fn refused_unauthorized(&self) -> u64 {
+        self.refused_unauthorized.load(Ordering::Relaxed)
+    }
+
+    /// Whether `peer` is a voter or learner of the group as this node knows it.
+    pub fn is_member(&self, peer: &PeerIdentity) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let recorded = metrics.membership_config.membership().get_node(&node_id(&peer.name)).cloned();
+        recorded.is_some_and(|node| node.name == peer.name)
+    }
+
+    /// Whether this node has no membership yet (it was never part of a group).
+    fn is_unjoined(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().nodes().next().is_none()
+    }
+
+    /// Whether `from` may send `message`. Raft RPCs speak only for their
+    /// sender (the candidate's or leader's id is the sender's own). Votes
+    /// come from members, or reach a node that has no group yet. Appends
+    /// and snapshots come from members, reach a node with no group yet, or
+    /// come from a leader of a term at least this node's (a node added while
+    /// this node was away, now leading). Proposals and read indexes come from
+    /// members only.
+    fn authorize(&self, from: &PeerIdentity, message: &PeerMessage) -> bool {
+        let own_id = Some(node_id(&from.name));
+        let current_term = || self.raft.metrics().borrow().current_term;
+        let known = || self.is_member(from) || self.is_unjoined();
+        match message {
+            PeerMessage::Vote(rpc) => rpc.vote.leader_id().voted_for() == own_id && known(),
+            PeerMessage::Append(rpc) => {
+                rpc.vote.leader_id().voted_for() == own_id
+                    && (known() || rpc.vote.leader_id().get_term() >= current_term())
+            }
+            PeerMessage::Snapshot(rpc) => {
+                rpc.vote.leader_id().voted_for() == own_id
+                    && (known() || rpc.vote.leader_id().get_term() >= current_term())
+            }
+            PeerMessage::Propose(_) | PeerMessage::ReadIndex => self.is_member(from),
+            // The application authorises its own messages.
+            PeerMessage::App(_) => true,
+        }
+    }
+
+    async fn write_forwarded(
+        &self,
+        from: &PeerIdentity,
+        command: Vec<u8>,
+    ) -> Result<Vec<u8>, ProposeRefusal> {
+        if let Err(reason) = self.validator.validate(Some(from), &command) {
+            warn!(peer = %from.name, %reason, "refusing a forwarded proposal");
+            return Err(ProposeRefusal::Invalid(reason));
+        }
+        self.write_locally(command).await
+    }
+
     async fn write_locally(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeRefusal> {
         match self.raft.client_write(Command(command)).await {
             Ok(response) => Ok(response.data.0),
@@ -271,19 +365,26 @@ struct GroupHandler {
 impl PeerHandler for GroupHandler {
     fn request(
         &self,
-        from: &str,
+        from: &PeerIdentity,
         body: Vec<u8>,
         trace: Option<String>,
     ) -> BoxFuture<Result<Vec<u8>, String>> {
-        let (group, app, from) = (Arc::clone(&self.group), Arc::clone(&self.app), from.to_string());
+        let (group, app, from) = (Arc::clone(&self.group), Arc::clone(&self.app), from.clone());
         Box::pin(async move {
             let message: PeerMessage = codec::decode(&body).map_err(|e| e.to_string())?;
+            if !group.authorize(&from, &message) {
+                group.refused_unauthorized.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %from.name, "refusing a raft message from a peer not allowed to send it");
+                return Err("not authorized".into());
+            }
             let raft = &group.raft;
             let answer = match message {
                 PeerMessage::Vote(rpc) => PeerAnswer::Vote(raft.vote(rpc).await),
                 PeerMessage::Append(rpc) => PeerAnswer::Append(raft.append_entries(rpc).await),
                 PeerMessage::Snapshot(rpc) => PeerAnswer::Snapshot(raft.install_snapshot(rpc).await),
-                PeerMessage::Propose(command) => PeerAnswer::Propose(group.write_locally(command).await),
+                PeerMessage::Propose(command) => {
+                    PeerAnswer::Propose(group.write_forwarded(&from, command).await)
+                }
                 PeerMessage::ReadIndex => PeerAnswer::ReadIndex(group.read_index_locally().await),
                 PeerMessage::App(body) => PeerAnswer::App(app.request(&from, body, trace).await?),
             };
@@ -291,11 +392,11 @@ impl PeerHandler for GroupHandler {
         })
     }
 
-    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>) {
+    fn one_way(&self, from: &PeerIdentity, body: Vec<u8>, trace: Option<String>) {
         match codec::decode::<PeerMessage>(&body) {
             Ok(PeerMessage::App(body)) => self.app.one_way(from, body, trace),
-            Ok(_) => debug!(peer = %from, "ignoring a one-way raft message"),
-            Err(error) => debug!(peer = %from, %error, "undecodable one-way message"),
+            Ok(_) => debug!(peer = %from.name, "ignoring a one-way raft message"),
+            Err(error) => debug!(peer = %from.name, %error, "undecodable one-way message"),
         }
     }
 }

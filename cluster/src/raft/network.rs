@@ -51,6 +51,8 @@ pub enum ProposeRefusal {
     NotLeader { leader: Option<PeerNode> },
     /// The proposal failed for another reason (shutting down, storage).
     Failed(String),
+    /// The leader's validation refused the command (see `ProposalValidator`).
+    Invalid(String),
 }
 
 /// Creates Raft clients on the peer transport.

@@ -6,24 +6,30 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::codec;
 
 /// Bumped on any change to [`Frame`]; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: the handshake carries the node's incarnation (boot time), and
+/// links run over mutual TLS unless the cluster is configured insecure.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// The dialer's first frame.
+    /// The dialer's first frame. With TLS, `node` must be a name the
+    /// dialer's certificate is valid for.
     Hello {
         version: u32,
         cluster_id: String,
         node: String,
+        incarnation: u64,
     },
-    /// The acceptor's answer when the hello matches.
+    /// The acceptor's answer when the hello matches (same rule for `node`).
     Accepted {
         node: String,
+        incarnation: u64,
     },
     /// The acceptor's answer when it does not; the link is closed after it.
+    /// The reason never repeats what the acceptor expected.
     Refused {
         reason: String,
     },
@@ -52,13 +58,23 @@ pub enum FrameError {
     TooLarge(usize),
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), FrameError> {
+/// Appends `frame`, length-prefixed, to `out` (nothing is appended on error).
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let bytes = codec::encode(frame)?;
     if bytes.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(bytes.len()));
     }
-    writer.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    writer.write_all(&bytes).await?;
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Writes one frame with a single write (one TLS record, one packet where it fits).
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), FrameError> {
+    let mut out = Vec::new();
+    encode_frame(frame, &mut out)?;
+    writer.write_all(&out).await?;
+    writer.flush().await?;
     Ok(())
 }
 
@@ -83,7 +99,16 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     }
     let mut bytes = vec![0u8; len];
     reader.read_exact(&mut bytes).await?;
-    Ok(codec::decode(&bytes)?)
+    decode_frame(&bytes, max)
+}
+
+/// Decodes a frame's bytes; a frame read with a small limit is decoded
+/// with the small claim limit too.
+pub fn decode_frame(bytes: &[u8], max: usize) -> Result<Frame, FrameError> {
+    if max <= codec::MAX_SMALL_DECODE_BYTES {
+        return Ok(codec::decode_small(bytes)?);
+    }
+    Ok(codec::decode(bytes)?)
 }
 
 #[cfg(test)]

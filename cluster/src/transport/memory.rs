@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{BoxFuture, PeerTransport, SharedHandler, TransportError};
+use super::{BoxFuture, PeerIdentity, PeerTransport, SharedHandler, TransportError};
 
 /// The in-memory network: every node's handler by address, and the cuts.
 #[derive(Default)]
@@ -57,13 +57,19 @@ impl MemoryNetwork {
         lock(&self.cuts).contains(&(from.to_string(), to.to_string()))
     }
 
-    fn reach(&self, from: &str, to: &str) -> Option<(String, SharedHandler)> {
+    fn reach(&self, from: &str, to: &str) -> Option<(PeerIdentity, SharedHandler)> {
         if self.is_cut(from, to) {
             return None;
         }
-        let sender = lock(&self.nodes).get(from).map(|(name, _)| name.clone())?;
+        let sender = self.identity(from)?;
         let handler = lock(&self.nodes).get(to).map(|(_, handler)| Arc::clone(handler))?;
         Some((sender, handler))
+    }
+
+    /// In memory every node is incarnation 0.
+    fn identity(&self, addr: &str) -> Option<PeerIdentity> {
+        let name = lock(&self.nodes).get(addr).map(|(name, _)| name.clone())?;
+        Some(PeerIdentity { name, incarnation: 0 })
     }
 }
 
@@ -103,5 +109,9 @@ impl PeerTransport for MemoryTransport {
             self.network.reach(&self.from, to).ok_or_else(|| TransportError::Unreachable(to.to_string()))?;
         handler.one_way(&sender, body, trace);
         Ok(())
+    }
+
+    fn peer_identity(&self, addr: &str) -> Option<PeerIdentity> {
+        self.network.identity(addr)
     }
 }

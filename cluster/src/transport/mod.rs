@@ -9,15 +9,17 @@
 mod frame;
 mod memory;
 mod tcp;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frame::PROTOCOL_VERSION;
+pub use frame::{decode_frame, Frame, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PROTOCOL_VERSION};
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use tcp::{TcpTransport, TcpTransportConfig};
+pub use tls::{certificate_names, PeerTls, PeerTlsError};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -39,15 +41,28 @@ pub enum TransportError {
     Closed,
 }
 
+/// Who is on the other end of a link, as its handshake said. With TLS the
+/// name is bound to the peer's certificate (signed by the cluster CA, valid
+/// for that name); the incarnation is the peer's boot generation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    pub name: String,
+    pub incarnation: u64,
+}
+
 /// What a node does with messages from its peers.
 pub trait PeerHandler: Send + Sync + 'static {
     /// Answers a request from `from`; an `Err` reaches the caller as
     /// [`TransportError::Remote`].
     /// `trace` is the W3C `traceparent` the frame carried, if any.
-    fn request(&self, from: &str, body: Vec<u8>, trace: Option<String>)
-        -> BoxFuture<Result<Vec<u8>, String>>;
+    fn request(
+        &self,
+        from: &PeerIdentity,
+        body: Vec<u8>,
+        trace: Option<String>,
+    ) -> BoxFuture<Result<Vec<u8>, String>>;
     /// Takes a one-way message from `from`.
-    fn one_way(&self, from: &str, body: Vec<u8>, trace: Option<String>);
+    fn one_way(&self, from: &PeerIdentity, body: Vec<u8>, trace: Option<String>);
 }
 
 /// Sending to peers, by peer address. `trace` is a W3C `traceparent`
@@ -78,6 +93,9 @@ pub trait PeerTransport: Send + Sync + 'static {
     fn stats(&self) -> Option<Arc<TransportStats>> {
         None
     }
+    /// Who answered the handshake of the link to `addr`, while it is up
+    /// (where links have no handshake: whoever is registered there).
+    fn peer_identity(&self, addr: &str) -> Option<PeerIdentity>;
 }
 
 /// One outbound link as metrics see it.
@@ -100,6 +118,12 @@ pub struct TransportStats {
     pub dropped_link_lost: std::sync::atomic::AtomicU64,
     pub handshakes_refused: std::sync::atomic::AtomicU64,
     pub connects: std::sync::atomic::AtomicU64,
+    /// Inbound connections that failed the TLS handshake (no or a foreign
+    /// certificate, plain TCP, garbage).
+    pub rejected_tls: std::sync::atomic::AtomicU64,
+    /// Handshakes refused after TLS: a bad or late hello, another version
+    /// or cluster id, a name the certificate is not valid for.
+    pub rejected_handshake: std::sync::atomic::AtomicU64,
 }
 
 /// The handler shared by all links of one node.

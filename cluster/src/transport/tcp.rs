@@ -6,13 +6,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::frame::{read_frame, read_frame_limited, write_frame, Frame, MAX_HELLO_BYTES, PROTOCOL_VERSION};
-use super::{BoxFuture, LinkStats, PeerTransport, SharedHandler, TransportError, TransportStats};
+use super::frame::{
+    encode_frame, read_frame, read_frame_limited, write_frame, Frame, MAX_HELLO_BYTES, PROTOCOL_VERSION,
+};
+use super::tls::{certificate_names, PeerTls};
+use super::{
+    BoxFuture, LinkStats, PeerIdentity, PeerTransport, SharedHandler, TransportError, TransportStats,
+};
 
 #[derive(Debug, Clone)]
 pub struct TcpTransportConfig {
@@ -20,8 +26,16 @@ pub struct TcpTransportConfig {
     pub cluster_id: String,
     /// This node's name, sent in the handshake.
     pub node: String,
+    /// This node's incarnation (boot time), sent in the handshake so that
+    /// peers know which incarnation of `node` a link speaks for.
+    pub incarnation: u64,
+    /// Mutual TLS on every link; `None` only for an insecure (loopback) cluster.
+    pub tls: Option<PeerTls>,
     /// Frames waiting per outbound link; beyond it sends fail with `QueueFull`.
     pub queue_capacity: usize,
+    /// Requests from one inbound link being handled at once; the link is
+    /// not read further until one finishes.
+    pub max_inbound_requests: usize,
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -32,13 +46,28 @@ impl TcpTransportConfig {
         TcpTransportConfig {
             cluster_id: cluster_id.into(),
             node: node.into(),
+            incarnation: 0,
+            tls: None,
             queue_capacity: 4096,
+            max_inbound_requests: 256,
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
         }
     }
 }
+
+/// A link's byte stream: plain TCP or TLS over TCP.
+trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerStream for T {}
+type BoxStream = Box<dyn PeerStream>;
+
+/// Bytes of frames written to a link in one write, at most (more frames
+/// waiting are written in the next one).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+/// What a refused peer is told: never what this node expected.
+const REFUSED: &str = "handshake refused";
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>>;
 
@@ -49,6 +78,9 @@ struct Link {
     next_id: AtomicU64,
     connected: AtomicBool,
     sent: AtomicU64,
+    /// Who answered the handshake of the current connection (its name
+    /// bound to its certificate when TLS is on).
+    identity: Mutex<Option<PeerIdentity>>,
 }
 
 pub struct TcpTransport {
@@ -94,6 +126,7 @@ impl TcpTransport {
             next_id: AtomicU64::new(1),
             connected: AtomicBool::new(false),
             sent: AtomicU64::new(0),
+            identity: Mutex::default(),
         });
         links.insert(addr.to_string(), Arc::clone(&link));
         tokio::spawn(Arc::clone(self).run_link(addr.to_string(), Arc::clone(&link), queue_rx));
@@ -111,13 +144,15 @@ impl TcpTransport {
             };
             let was_connected = connected.is_ok();
             match connected {
-                Ok(stream) => {
+                Ok((stream, identity)) => {
                     backoff = self.config.backoff_min;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    debug!(peer = %addr, node = %identity.name, "peer link up");
+                    *lock(&link.identity) = Some(identity);
                     link.connected.store(true, Ordering::SeqCst);
-                    debug!(peer = %addr, "peer link up");
                     self.pump(stream, &link, &mut queue_rx).await;
                     link.connected.store(false, Ordering::SeqCst);
+                    *lock(&link.identity) = None;
                     debug!(peer = %addr, "peer link down");
                 }
                 Err(reason) => debug!(peer = %addr, %reason, "peer dial failed"),
@@ -141,43 +176,78 @@ impl TcpTransport {
         }
     }
 
-    async fn dial(&self, addr: &str) -> Result<TcpStream, String> {
-        let connect = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr));
-        let mut stream =
-            connect.await.map_err(|_| "connect timed out".to_string())?.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+    async fn dial(&self, addr: &str) -> Result<(BoxStream, PeerIdentity), String> {
+        let timeout = self.config.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut stream, peer_cert): (BoxStream, _) = match &self.config.tls {
+            Some(tls) => {
+                let connect = tls.connector().connect(PeerTls::dial_server_name(), tcp);
+                let stream = tokio::time::timeout(timeout, connect)
+                    .await
+                    .map_err(|_| "tls handshake timed out".to_string())?
+                    .map_err(|e| format!("tls handshake failed: {e}"))?;
+                let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                (Box::new(stream), cert)
+            }
+            None => (Box::new(tcp), None),
+        };
         let hello = Frame::Hello {
             version: PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id.clone(),
             node: self.config.node.clone(),
+            incarnation: self.config.incarnation,
         };
         write_frame(&mut stream, &hello).await.map_err(|e| e.to_string())?;
-        let answer = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
+        let answer = tokio::time::timeout(timeout, read_frame_limited(&mut stream, MAX_HELLO_BYTES))
             .await
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|e| e.to_string())?;
         match answer {
-            Frame::Accepted { .. } => Ok(stream),
+            Frame::Accepted { node, incarnation } => {
+                if self.config.tls.is_some() && !peer_cert.is_some_and(|cert| certificate_names(&cert, &node))
+                {
+                    self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %addr, claimed = %node, "peer's certificate is not valid for the name it claims");
+                    return Err("peer certificate does not match its name".into());
+                }
+                Ok((stream, PeerIdentity { name: node, incarnation }))
+            }
             Frame::Refused { reason } => {
                 self.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
                 warn!(peer = %addr, %reason, "peer refused the handshake");
                 Err(reason)
             }
-            other => Err(format!("unexpected handshake answer {other:?}")),
+            _ => Err("unexpected handshake answer".to_string()),
         }
     }
 
-    async fn pump(&self, stream: TcpStream, link: &Link, queue_rx: &mut mpsc::Receiver<Frame>) {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn pump(&self, stream: BoxStream, link: &Link, queue_rx: &mut mpsc::Receiver<Frame>) {
+        let (reader, mut writer) = tokio::io::split(stream);
         let write = async {
+            let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
             while let Some(frame) = queue_rx.recv().await {
-                if write_frame(&mut writer, &frame).await.is_err() {
+                // Frames queued meanwhile go out in the same write.
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    if encode_frame(&frame, &mut out).is_ok() {
+                        link.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if out.len() < WRITE_BATCH_BYTES {
+                        next = queue_rx.try_recv().ok();
+                    }
+                }
+                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
-                link.sent.fetch_add(1, Ordering::Relaxed);
+                out.clear();
             }
         };
         let read = async {
+            let mut reader = BufReader::new(reader);
             while let Ok(frame) = read_frame(&mut reader).await {
                 if let Frame::Response { id, body } = frame {
                     if let Some(waiter) = lock(&link.pending).remove(&id) {
@@ -211,55 +281,110 @@ impl TcpTransport {
         }
     }
 
-    async fn serve_connection(&self, mut stream: TcpStream, handler: SharedHandler) -> Result<(), String> {
-        let hello = tokio::time::timeout(
-            self.config.connect_timeout,
-            read_frame_limited(&mut stream, MAX_HELLO_BYTES),
-        )
-        .await
-        .map_err(|_| "no hello in time".to_string())?
-        .map_err(|e| e.to_string())?;
-        let Frame::Hello { version, cluster_id, node } = hello else {
+    /// Runs the acceptor's side of the handshake: TLS (client certificate
+    /// required), then the hello, whose node name must be one the
+    /// certificate is valid for. Returns the stream and who is on it.
+    async fn accept_peer(&self, tcp: TcpStream) -> Result<(BoxStream, PeerIdentity), String> {
+        let timeout = self.config.connect_timeout;
+        let (mut stream, peer_cert): (BoxStream, _) = match &self.config.tls {
+            Some(tls) => {
+                let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await;
+                let stream = match accepted {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        self.stats.rejected_tls.fetch_add(1, Ordering::Relaxed);
+                        return Err(format!("tls handshake failed: {error}"));
+                    }
+                    Err(_) => {
+                        self.stats.rejected_tls.fetch_add(1, Ordering::Relaxed);
+                        return Err("tls handshake timed out".into());
+                    }
+                };
+                let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                (Box::new(stream), cert)
+            }
+            None => (Box::new(tcp), None),
+        };
+        let hello = tokio::time::timeout(timeout, read_frame_limited(&mut stream, MAX_HELLO_BYTES)).await;
+        let hello = match hello {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(error)) => {
+                self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("bad hello: {error}"));
+            }
+            Err(_) => {
+                self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
+                return Err("no hello in time".into());
+            }
+        };
+        let Frame::Hello { version, cluster_id, node, incarnation } = hello else {
+            self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
             return Err("first frame is not a hello".into());
         };
         let refusal = if version != PROTOCOL_VERSION {
-            Some(format!("protocol version {version} is not {PROTOCOL_VERSION}"))
+            Some(format!("peer protocol version {version} is not supported"))
         } else if cluster_id != self.config.cluster_id {
-            Some(format!("cluster id `{cluster_id}` is not `{}`", self.config.cluster_id))
+            Some("another cluster id".to_string())
+        } else if self.config.tls.is_some() && !peer_cert.is_some_and(|cert| certificate_names(&cert, &node))
+        {
+            Some("certificate not valid for the claimed name".to_string())
         } else {
             None
         };
         if let Some(reason) = refusal {
             self.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %node, %reason, "refusing peer");
-            let _ = write_frame(&mut stream, &Frame::Refused { reason: reason.clone() }).await;
+            self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
+            warn!(claimed = %node, %reason, "refusing a peer");
+            // The peer learns only the version rule, never the expected id or name.
+            let told = if version != PROTOCOL_VERSION { reason.clone() } else { REFUSED.to_string() };
+            let _ = write_frame(&mut stream, &Frame::Refused { reason: told }).await;
             return Err(reason);
         }
-        write_frame(&mut stream, &Frame::Accepted { node: self.config.node.clone() })
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(peer = %node, "peer connected");
-        let (mut reader, mut writer) = stream.into_split();
-        let (response_tx, mut response_rx) = mpsc::unbounded_channel::<Frame>();
+        let accepted =
+            Frame::Accepted { node: self.config.node.clone(), incarnation: self.config.incarnation };
+        write_frame(&mut stream, &accepted).await.map_err(|e| e.to_string())?;
+        Ok((stream, PeerIdentity { name: node, incarnation }))
+    }
+
+    async fn serve_connection(&self, tcp: TcpStream, handler: SharedHandler) -> Result<(), String> {
+        let (stream, peer) = self.accept_peer(tcp).await?;
+        info!(peer = %peer.name, incarnation = peer.incarnation, "peer connected");
+        let (reader, mut writer) = tokio::io::split(stream);
+        // Every response holds a permit until written: at most
+        // `max_inbound_requests` are handled or waiting to be written.
+        let permits = Arc::new(Semaphore::new(self.config.max_inbound_requests));
+        let (response_tx, mut response_rx) =
+            mpsc::unbounded_channel::<(Frame, tokio::sync::OwnedSemaphorePermit)>();
         let write = async {
-            while let Some(frame) = response_rx.recv().await {
-                if write_frame(&mut writer, &frame).await.is_err() {
+            let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
+            while let Some((frame, permit)) = response_rx.recv().await {
+                let mut next = Some((frame, permit));
+                while let Some((frame, _permit)) = next.take() {
+                    let _ = encode_frame(&frame, &mut out);
+                    if out.len() < WRITE_BATCH_BYTES {
+                        next = response_rx.try_recv().ok();
+                    }
+                }
+                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
+                out.clear();
             }
         };
         let read = async {
+            let mut reader = BufReader::new(reader);
             loop {
                 match read_frame(&mut reader).await {
                     Ok(Frame::Request { id, body, traceparent }) => {
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
                         let (handler, response_tx, from) =
-                            (Arc::clone(&handler), response_tx.clone(), node.clone());
+                            (Arc::clone(&handler), response_tx.clone(), peer.clone());
                         tokio::spawn(async move {
                             let body = handler.request(&from, body, traceparent).await;
-                            let _ = response_tx.send(Frame::Response { id, body });
+                            let _ = response_tx.send((Frame::Response { id, body }, permit));
                         });
                     }
-                    Ok(Frame::OneWay { body, traceparent }) => handler.one_way(&node, body, traceparent),
+                    Ok(Frame::OneWay { body, traceparent }) => handler.one_way(&peer, body, traceparent),
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -297,6 +422,15 @@ impl PeerTransport for Arc<TcpTransport> {
 
     fn stats(&self) -> Option<Arc<TransportStats>> {
         Some(Arc::clone(&self.stats))
+    }
+
+    fn peer_identity(&self, addr: &str) -> Option<PeerIdentity> {
+        let link = lock(&self.links).get(addr).cloned()?;
+        if !link.connected.load(Ordering::SeqCst) {
+            return None;
+        }
+        let identity = lock(&link.identity).clone();
+        identity
     }
 
     fn request(
