@@ -104,6 +104,13 @@ start_starling() {
     # One node runs in single mode (no Raft, no peer links), as users run it.
     [ "$n" -gt 1 ] && env+=(STARLING_LISTEN__PEER=127.0.0.1:${peer[i]} STARLING_LISTEN__GOSSIP=127.0.0.1:${gossip[i]}
       STARLING_CLUSTER__BOOTSTRAP_EXPECT=$n "STARLING_CLUSTER__SEEDS=[${seeds%,}]")
+    # Clusters run as production does: mutual TLS between nodes, sealed gossip.
+    if [ "$n" -gt 1 ]; then
+      [ -f "$data/certs/ca.crt" ] || "$BIN/starling" cert create-ca --dir "$data/certs" >/dev/null
+      "$BIN/starling" cert create-node "bench-$i" --dir "$data/certs" >/dev/null
+      env+=(STARLING_CLUSTER__TLS__CA=$data/certs/ca.crt STARLING_CLUSTER__TLS__CERT=$data/certs/bench-$i.crt
+        STARLING_CLUSTER__TLS__KEY=$data/certs/bench-$i.key STARLING_CLUSTER__GOSSIP_KEY_FILE=$data/certs/gossip.key)
+    fi
     env "${env[@]}" taskset -c "$SERVER_CPU" "$BIN/starling" --config bench/config/single.toml &
     SERVER_PIDS+=($!); ALL_PIDS+=($!)
     URLS+=("ws://127.0.0.1:${client[i]}/ws")

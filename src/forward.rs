@@ -207,6 +207,19 @@ impl PeerLinks {
             .map(|s| (s.dropped_queue_full.load(Relaxed), s.dropped_link_lost.load(Relaxed)))
     }
 
+    /// Peer input refused so far by the links and Raft, by reason, for
+    /// `starling_peer_rejected_total` (the hub counts refused deliveries).
+    pub fn rejection_counts(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut counts = Vec::new();
+        if let Some(stats) = self.transport.stats() {
+            counts.push(("tls", stats.rejected_tls.load(Relaxed)));
+            counts.push(("handshake", stats.rejected_handshake.load(Relaxed)));
+        }
+        counts.push(("unauthorized", self.group.refused_unauthorized()));
+        counts
+    }
+
     fn peer_addr(&self, name: &str) -> Option<String> {
         self.directory().remove(name)
     }

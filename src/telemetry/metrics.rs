@@ -134,6 +134,11 @@ impl Metrics {
             gauge!("starling_peer_queue_frames", &labels).set(link.queued as f64);
             counter!("starling_peer_frames_sent_total", &labels).absolute(link.sent);
         }
+        for (reason, count) in &scrape.peer_rejected {
+            counter!("starling_peer_rejected_total", "node" => node.clone(), "reason" => *reason).absolute(*count);
+        }
+        counter!("starling_raft_entries_rejected_total", "node" => node.clone())
+            .absolute(scrape.raft_entries_rejected);
         if let Some((queue_full, link_lost)) = scrape.peer_drops {
             counter!("starling_dropped_total", "node" => node.clone(), "reason" => "peer_queue_full")
                 .absolute(queue_full);
@@ -153,6 +158,11 @@ pub struct Scrape {
     pub links: Vec<LinkScrape>,
     /// Frames to peers dropped: (queue full, link lost).
     pub peer_drops: Option<(u64, u64)>,
+    /// Peer input refused, by reason (`tls`, `handshake`, `unauthorized`,
+    /// `gossip_unauthenticated`, `gossip_malformed`).
+    pub peer_rejected: Vec<(&'static str, u64)>,
+    /// Committed Raft entries skipped (undecodable or invalid).
+    pub raft_entries_rejected: u64,
 }
 
 #[derive(Debug, Default)]

@@ -27,6 +27,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 /// How long a wait for a cluster condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+/// The sum of a Prometheus counter's samples whose labels contain `labels`
+/// (e.g. `reason="tls"`), read from `/metrics`; 0 when absent.
+pub async fn metric(addr: SocketAddr, api_key: &str, name: &str, labels: &str) -> f64 {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        // HTTP/1.0: no chunked body to undo.
+        let request = format!("GET /metrics HTTP/1.0\r\nAuthorization: Bearer {api_key}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        Some(String::from_utf8_lossy(&raw).into_owned())
+    };
+    let text = tokio::time::timeout(HTTP_TIMEOUT, exchange).await.ok().flatten().unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// How long one HTTP exchange with a node may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -122,6 +141,8 @@ pub struct ProcessCluster {
     nodes: Vec<Option<NodeProcess>>,
     jwt_secret: String,
     pub api_key: String,
+    /// `cluster.seeds` as the nodes were given it (a TOML array).
+    pub seeds: String,
 }
 
 fn example_config(n: usize) -> PathBuf {
@@ -150,6 +171,7 @@ impl ProcessCluster {
             nodes: Vec::new(),
             jwt_secret: example.auth.jwt_hs256_secret.expect("the example sets a token secret"),
             api_key: example.auth.api_key.expect("the example sets an API key"),
+            seeds: seeds.clone(),
         };
         for i in 0..3 {
             let node = cluster.spawn(i, &seeds);

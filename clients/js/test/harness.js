@@ -3,7 +3,7 @@
 // dir. Every process is SIGKILLed when the test's `stop()` runs. Waits poll a
 // condition with a deadline; nothing sleeps to synchronise.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import dgram from "node:dgram";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -93,7 +93,25 @@ async function freePorts(count) {
   return ports;
 }
 
-function configToml({ name, dataDir, ports, seeds, heartbeatMs }) {
+/** Makes the cluster's CA, gossip key and node certificates with `starling cert`. */
+function makeCerts(dir, names) {
+  const certs = join(dir, "certs");
+  execFileSync(BIN, ["cert", "create-ca", "--dir", certs]);
+  for (const name of names) execFileSync(BIN, ["cert", "create-node", name, "--dir", certs]);
+  return certs;
+}
+
+/** The lines that make a cluster node secure: sealed gossip and mutual TLS between nodes. */
+function peerSecurity(certs, name) {
+  return `gossip_key_file = "${join(certs, "gossip.key")}"
+[cluster.tls]
+ca = "${join(certs, "ca.crt")}"
+cert = "${join(certs, `${name}.crt`)}"
+key = "${join(certs, `${name}.key`)}"
+`;
+}
+
+function configToml({ name, dataDir, ports, seeds, heartbeatMs, certs }) {
   const at = (port) => `"127.0.0.1:${port}"`;
   return `[node]
 name = "${name}"
@@ -104,7 +122,7 @@ client = ${at(ports.client)}
 api = ${at(ports.api)}
 peer = ${at(ports.peer)}
 gossip = ${at(ports.gossip)}
-${seeds ? `\n[cluster]\nid = "js-client-test"\nseeds = [${seeds.map(at).join(", ")}]\nbootstrap_expect = ${seeds.length}\n` : ""}
+${seeds ? `\n[cluster]\nid = "js-client-test"\nseeds = [${seeds.map(at).join(", ")}]\nbootstrap_expect = ${seeds.length}\n${certs ? peerSecurity(certs, name) : ""}` : ""}
 [auth]
 jwt_hs256_secret = "${SECRET}"
 api_key = "${API_KEY}"
@@ -170,10 +188,11 @@ export async function startNodes(size, { heartbeatMs = 25000 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "starling-js-"));
   const ports = await freePorts(size);
   const seeds = size > 1 ? ports.map((p) => p.gossip) : null;
+  const certs = size > 1 ? makeCerts(dir, ports.map((_, i) => `node-${i + 1}`)) : null;
   const specs = ports.map((p, i) => {
     const name = `node-${i + 1}`;
     const configPath = join(dir, `${name}.toml`);
-    writeFileSync(configPath, configToml({ name, dataDir: join(dir, name), ports: p, seeds, heartbeatMs }));
+    writeFileSync(configPath, configToml({ name, dataDir: join(dir, name), ports: p, seeds, heartbeatMs, certs }));
     return { name, ports: p, configPath };
   });
   const nodes = specs.map((spec) => new NodeProcess(spec));
