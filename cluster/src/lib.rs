@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`membership`]: chitchat gossip behind a typed `ClusterMember` and an
-//!   Add/Update/Remove change stream.
+//!   Add/Update/Remove change stream; sealed with the cluster's gossip key.
 //! - [`raft`]: openraft types, the durable redb log, the state machine over an
 //!   application `Applier`.
 //! - [`transport`]: node-to-node links (TCP and in-memory) behind one trait.

@@ -1,14 +1,18 @@
-//! Gossip membership over chitchat's in-memory transport and over real UDP.
+//! Gossip membership over chitchat's in-memory transport, over real UDP and
+//! over sealed UDP (with hostile datagrams).
 //!
 //! Every wait is a condition with a deadline: polling `live_members` or
 //! awaiting the change stream under `tokio::time::timeout`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use starling_cluster::faults::{FaultyGossip, LinkFaults};
 use starling_cluster::membership::{
-    ChannelTransport, ClusterChange, ClusterChangeStream, ClusterMember, Membership, MembershipConfig,
-    Transport, UdpTransport,
+    ChannelTransport, ClusterChange, ClusterChangeStream, ClusterMember, GossipKey, GossipStats, Membership,
+    MembershipConfig, SealedUdpTransport, Transport, UdpTransport,
 };
 
 const CLUSTER_ID: &str = "starling-test";
@@ -214,4 +218,121 @@ async fn change_stream_ends_when_membership_shuts_down() {
     a.shutdown().await;
     let end = tokio::time::timeout(CONVERGENCE_DEADLINE, changes.recv()).await;
     assert_eq!(end.expect("stream ends before the deadline"), None);
+}
+
+/// A sealed transport for `key`, with the counters it writes to.
+fn sealed(key: &GossipKey) -> (SealedUdpTransport, Arc<GossipStats>) {
+    let stats = Arc::new(GossipStats::default());
+    (SealedUdpTransport::new(key.clone(), CLUSTER_ID, Arc::clone(&stats)), stats)
+}
+
+fn count(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_nodes_with_one_key_see_each_other_and_never_a_node_without_it() {
+    let key = GossipKey::generate();
+    let ((sealed_a, stats_a), (sealed_b, stats_b), (sealed_c, stats_c)) =
+        (sealed(&key), sealed(&key), sealed(&key));
+    // c's transport also goes through the test harness's fault wrapper (with no cut).
+    let faulty_c = FaultyGossip { inner: sealed_c, faults: LinkFaults::new() };
+    let (me_a, me_b, me_c) = (member("a", 1, 1), member("b", 1, 2), member("c", 1, 3));
+    let a = start_node(&sealed_a, CLUSTER_ID, &me_a, &[]).await;
+    let (other_key, _) = sealed(&GossipKey::generate());
+    let stranger = start_node(&other_key, CLUSTER_ID, &member("stranger", 1, 4), &[&a]).await;
+    let plain = start_node(&UdpTransport, CLUSTER_ID, &member("plain", 1, 5), &[&a]).await;
+    let b = start_node(&sealed_b, CLUSTER_ID, &me_b, &[&a]).await;
+    let c = start_node(&faulty_c, CLUSTER_ID, &me_c, &[&a]).await;
+
+    let expected = vec![as_seen(&me_a, &a), as_seen(&me_b, &b), as_seen(&me_c, &c)];
+    for node in [&a, &b, &c] {
+        wait_until("every sealed node lists the three sealed members", || node.live_members() == expected)
+            .await;
+    }
+    // Both outsiders gossip with their seed every round: once a has rejected
+    // several rounds of them, they have had every chance to be seen.
+    wait_until("a rejects the outsiders' datagrams", || count(&stats_a.rejected_unauthenticated) >= 6).await;
+    for node in [&a, &b, &c] {
+        assert_eq!(node.live_members(), expected);
+    }
+    assert_eq!(names(&stranger), ["stranger"]);
+    assert_eq!(names(&plain), ["plain"]);
+    for stats in [&stats_a, &stats_b, &stats_c] {
+        // Every datagram chitchat wrote passed the inflation bound and decoded.
+        assert_eq!(count(&stats.rejected_malformed), 0);
+        assert_eq!(count(&stats.dropped_oversize), 0);
+    }
+    for node in [a, b, c, stranger, plain] {
+        node.shutdown().await;
+    }
+}
+
+/// Peak resident memory of this process in KiB (Linux only).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// An unsealed chitchat Ack (chitchat 0.13's wire format, built by hand)
+/// whose delta is compressed blocks that each inflate to 65,535 zero bytes:
+/// about 300 MB from one 64 KB datagram.
+fn unsealed_decompression_bomb() -> Vec<u8> {
+    const ZSTD_FRAME_OF_65535_ZEROS: [u8; 11] = [
+        0x28, 0xb5, 0x2f, 0xfd, // zstd magic number
+        0x60, 0xff, 0xfe, // single segment, content size 65,535
+        0xfb, 0xff, 0x07, 0x00, // last block, RLE of 65,535 zero bytes
+    ];
+    let mut ack = 45_139u16.to_le_bytes().to_vec(); // chitchat magic number
+    ack.extend([0, 2]); // protocol version 0, Ack
+    while ack.len() + 14 < 65_507 {
+        ack.extend([1, ZSTD_FRAME_OF_65535_ZEROS.len() as u8, 0]); // compressed block, length
+        ack.extend(ZSTD_FRAME_OF_65535_ZEROS);
+    }
+    ack.push(0); // no more blocks
+    ack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_datagrams_are_counted_and_the_sealed_node_keeps_gossiping() {
+    let key = GossipKey::generate();
+    let ((sealed_a, stats_a), (sealed_b, _)) = (sealed(&key), sealed(&key));
+    let (me_a, me_b) = (member("a", 1, 1), member("b", 1, 2));
+    let a = start_node(&sealed_a, CLUSTER_ID, &me_a, &[]).await;
+    let b = start_node(&sealed_b, CLUSTER_ID, &me_b, &[&a]).await;
+    let both = vec![as_seen(&me_a, &a), as_seen(&me_b, &b)];
+    wait_until("b lists a and b", || b.live_members() == both).await;
+
+    let hostile = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let bomb = unsealed_decompression_bomb();
+    assert!(bomb.len() > 65_000 && bomb.len() <= 65_507);
+    let mut datagrams: Vec<Vec<u8>> = [0, 1, 23, 39, 40, 41, 100, 1_472, 9_000, 65_507]
+        .into_iter()
+        .map(|len| (0..len).map(|_| rand::random()).collect())
+        .collect();
+    datagrams.extend(std::iter::repeat_n(bomb, 5));
+    let peak_before = peak_rss_kib();
+    let rejected_before = count(&stats_a.rejected_unauthenticated);
+    for (sent, datagram) in datagrams.iter().enumerate() {
+        hostile.send_to(datagram, a.gossip_addr()).await.unwrap();
+        // One at a time, so none is lost to a full socket buffer.
+        let expected = rejected_before + sent as u64 + 1;
+        wait_until("a counts the hostile datagram", || count(&stats_a.rejected_unauthenticated) >= expected)
+            .await;
+    }
+    if let (Some(before), Some(after)) = (peak_before, peak_rss_kib()) {
+        // Each bomb would inflate to over 300 MB inside chitchat.
+        assert!(after - before < 64 * 1024, "peak RSS grew by {} KiB", after - before);
+    }
+    assert_eq!(count(&stats_a.rejected_malformed), 0);
+
+    a.set_connections(7).await;
+    let updated_a = ClusterMember { connections: 7, ..both[0].clone() };
+    wait_until("b sees a's update after the flood", || {
+        b.live_members() == [updated_a.clone(), both[1].clone()]
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -4,7 +4,8 @@
 //! role and connection count, and turns chitchat's live-node set into typed
 //! [`ClusterMember`]s and a [`ClusterChange`] stream. Nothing outside this
 //! module sees chitchat's keys or types, except the gossip [`Transport`]
-//! (re-exported with its UDP and in-memory implementations). It must not
+//! (re-exported with its UDP and in-memory implementations, next to the
+//! sealed UDP one Starling runs with a gossip key). It must not
 //! decide what a death means (evicting presence is Raft's job) nor know about
 //! rooms.
 //!
@@ -14,10 +15,12 @@
 //! - `changes`: `ClusterChange`, the diff rule and the change stream.
 //! - `config`: `MembershipConfig` and its translation to chitchat's config.
 //! - `socket`: hands an already bound socket to chitchat.
+//! - `sealed`: the gossip key and the transport sealing every datagram with it.
 
 mod changes;
 mod config;
 mod member;
+mod sealed;
 mod socket;
 
 use std::collections::BTreeMap;
@@ -31,6 +34,7 @@ use tracing::{info, warn};
 pub use self::changes::{ClusterChange, ClusterChangeStream};
 pub use self::config::MembershipConfig;
 pub use self::member::ClusterMember;
+pub use self::sealed::{GossipKey, GossipKeyError, GossipStats, SealedUdpTransport};
 use self::socket::OpenedSocket;
 pub use chitchat::transport::{ChannelTransport, Transport, UdpTransport};
 
