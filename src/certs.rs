@@ -13,7 +13,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -78,8 +77,7 @@ pub fn create_ca(dir: &Path) -> Result<Vec<PathBuf>, CertError> {
     params.distinguished_name.push(DnType::CommonName, "Starling cluster CA");
     validity(&mut params, CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key)?;
-    let gossip_key: [u8; 32] = rand::random();
-    let gossip_key = base64::engine::general_purpose::STANDARD.encode(gossip_key) + "\n";
+    let gossip_key = starling_cluster::membership::GossipKey::generate().to_base64() + "\n";
     write_new(&paths[1], key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
     write_new(&paths[2], gossip_key.as_bytes(), 0o600)?;
@@ -161,7 +159,7 @@ mod tests {
         assert_eq!(mode(&dir.join("gossip.key")), 0o600);
         assert_eq!(mode(&dir.join("node-1.key")), 0o600);
         let gossip = std::fs::read_to_string(dir.join("gossip.key")).unwrap();
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(gossip.trim()).unwrap().len(), 32);
+        assert!(starling_cluster::membership::GossipKey::parse(&gossip).is_ok());
         assert!(matches!(create_ca(&dir), Err(CertError::Exists(_))));
         assert!(matches!(create_node("node-1", &dir, &[]), Err(CertError::Exists(_))));
         assert!(matches!(create_node("not a name", &dir, &[]), Err(CertError::BadName(_))));

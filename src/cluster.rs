@@ -16,7 +16,8 @@ use openraft::ChangeMembers;
 use serde::Serialize;
 use starling_cluster::faults::{FaultyGossip, FaultyPeerTransport, LinkFaults};
 use starling_cluster::membership::{
-    ClusterChange, ClusterMember, Membership, MembershipConfig, UdpTransport,
+    ClusterChange, ClusterMember, GossipStats, Membership, MembershipConfig, SealedUdpTransport, Transport,
+    UdpTransport,
 };
 use starling_cluster::raft::{node_id, GroupConfig, PeerNode, RaftGroup};
 use starling_cluster::transport::{PeerTransport, TcpTransport, TcpTransportConfig};
@@ -108,11 +109,21 @@ impl ClusterRuntime {
         };
         let mut gossip = MembershipConfig::new(&cluster.id, me, config.listen.gossip, cluster.seeds.clone());
         gossip.gossip_interval = Duration::from_millis(cluster.gossip_interval_ms);
+        let gossip_stats = Arc::new(GossipStats::default());
+        let udp: Box<dyn Transport> = match &security {
+            Some(security) => Box::new(SealedUdpTransport::new(
+                security.gossip_key.clone(),
+                &cluster.id,
+                Arc::clone(&gossip_stats),
+            )),
+            None => Box::new(UdpTransport),
+        };
         let membership = match faults {
-            Some(faults) => Membership::start(gossip, &FaultyGossip { inner: UdpTransport, faults }).await,
-            None => Membership::start(gossip, &UdpTransport).await,
+            Some(faults) => Membership::start(gossip, &FaultyGossip { inner: udp, faults }).await,
+            None => Membership::start(gossip, udp.as_ref()).await,
         }
         .context("starting gossip")?;
+        links.set_gossip_stats(gossip_stats);
         info!(peer = %peer_addr, gossip = %membership.gossip_addr(), "cluster member started");
         Ok(ClusterRuntime { group, membership: Arc::new(membership), links, transport, peer_addr })
     }
@@ -337,21 +348,25 @@ impl Autopilot {
 
     async fn evict_departed(&self, departed: &mut BTreeSet<(String, u64)>) {
         // Also any incarnation superseded by a newer live one (a restart
-        // noticed before its old incarnation timed out).
+        // noticed before its old incarnation timed out). A live incarnation is superseded once a newer one of its name
+        // answered a peer link as itself: gossip alone never evicts another
+        // incarnation.
         let live = self.membership.live_members();
-        // The newer incarnation must have answered a peer link as itself:
-        // gossip alone never evicts another incarnation.
+        let superseded = |node: &str, incarnation: u64| {
+            live.iter()
+                .any(|m| m.name == node && m.incarnation > incarnation && self.links.is_authenticated(m))
+        };
         for (node, incarnation) in self.replicator.node_incarnations() {
-            let superseded = live
-                .iter()
-                .any(|m| *m.name == *node && m.incarnation > incarnation && self.links.is_authenticated(m));
-            if superseded {
+            if superseded(&node, incarnation) {
                 departed.insert((node.to_string(), incarnation));
             }
         }
-        // Never evict an incarnation that is alive now (it came back).
+        // Never evict an incarnation that gossip still sees alive (it came
+        // back, or another process took its name) unless it is superseded.
+        let alive = self.membership.live_incarnations();
         departed.retain(|(node, incarnation)| {
-            !live.iter().any(|m| m.name == *node && m.incarnation == *incarnation)
+            superseded(node, *incarnation)
+                || !alive.iter().any(|m| m.name == *node && m.incarnation == *incarnation)
         });
         let pending: Vec<_> = departed.iter().cloned().collect();
         for (node, incarnation) in pending {

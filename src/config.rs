@@ -693,15 +693,11 @@ impl Config {
 #[derive(Clone)]
 pub struct ClusterSecurity {
     pub peer_tls: starling_cluster::transport::PeerTls,
-    pub gossip_key: [u8; 32],
+    pub gossip_key: starling_cluster::membership::GossipKey,
 }
 
-fn parse_gossip_key(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| "must be base64 (of 32 bytes)".to_string())?;
-    bytes.try_into().map_err(|_| "must be base64 of exactly 32 bytes".to_string())
+fn parse_gossip_key(text: &str) -> Result<starling_cluster::membership::GossipKey, String> {
+    starling_cluster::membership::GossipKey::parse(text).map_err(|e| e.to_string())
 }
 
 /// `STARLING_` variables that are not config overrides (CLI inputs).

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use starling_cluster::codec;
+use starling_cluster::membership::GossipStats;
 use starling_cluster::raft::{PeerAnswer, PeerMessage, RaftGroup};
 use starling_cluster::transport::{BoxFuture, PeerHandler, PeerIdentity, PeerTransport};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -121,6 +122,8 @@ pub struct PeerLinks {
     group: Arc<RaftGroup>,
     /// Node name -> peer address, from gossip (overrides Raft's record).
     gossip_addrs: RwLock<HashMap<String, String>>,
+    /// Gossip datagrams refused (set once gossip starts), for metrics.
+    gossip_stats: std::sync::OnceLock<Arc<GossipStats>>,
     shared: Arc<SharedTable>,
 }
 
@@ -131,7 +134,14 @@ impl PeerLinks {
         group: Arc<RaftGroup>,
         shared: Arc<SharedTable>,
     ) -> Arc<PeerLinks> {
-        Arc::new(PeerLinks { me: me.into(), transport, group, gossip_addrs: RwLock::default(), shared })
+        Arc::new(PeerLinks {
+            me: me.into(),
+            transport,
+            group,
+            gossip_addrs: RwLock::default(),
+            gossip_stats: std::sync::OnceLock::new(),
+            shared,
+        })
     }
 
     /// Every other node of the group, with the address to reach it.
@@ -217,7 +227,16 @@ impl PeerLinks {
             counts.push(("handshake", stats.rejected_handshake.load(Relaxed)));
         }
         counts.push(("unauthorized", self.group.refused_unauthorized()));
+        if let Some(gossip) = self.gossip_stats.get() {
+            counts.push(("gossip_unauthenticated", gossip.rejected_unauthenticated.load(Relaxed)));
+            counts.push(("gossip_malformed", gossip.rejected_malformed.load(Relaxed)));
+        }
         counts
+    }
+
+    /// Connects the gossip counters (once, when gossip starts).
+    pub fn set_gossip_stats(&self, stats: Arc<GossipStats>) {
+        let _ = self.gossip_stats.set(stats);
     }
 
     fn peer_addr(&self, name: &str) -> Option<String> {

@@ -100,13 +100,13 @@ impl PeerTransport for FaultyPeerTransport {
 }
 
 /// A gossip transport whose sockets drop datagrams along cut links.
-pub struct FaultyGossip<T> {
-    pub inner: T,
+pub struct FaultyGossip {
+    pub inner: Box<dyn Transport>,
     pub faults: Arc<LinkFaults>,
 }
 
 #[async_trait::async_trait]
-impl<T: Transport> Transport for FaultyGossip<T> {
+impl Transport for FaultyGossip {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = self.inner.open(listen_addr).await?;
         let me = inner.local_addr()?;

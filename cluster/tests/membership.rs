@@ -236,7 +236,7 @@ async fn sealed_nodes_with_one_key_see_each_other_and_never_a_node_without_it() 
     let ((sealed_a, stats_a), (sealed_b, stats_b), (sealed_c, stats_c)) =
         (sealed(&key), sealed(&key), sealed(&key));
     // c's transport also goes through the test harness's fault wrapper (with no cut).
-    let faulty_c = FaultyGossip { inner: sealed_c, faults: LinkFaults::new() };
+    let faulty_c = FaultyGossip { inner: Box::new(sealed_c), faults: LinkFaults::new() };
     let (me_a, me_b, me_c) = (member("a", 1, 1), member("b", 1, 2), member("c", 1, 3));
     let a = start_node(&sealed_a, CLUSTER_ID, &me_a, &[]).await;
     let (other_key, _) = sealed(&GossipKey::generate());

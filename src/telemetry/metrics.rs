@@ -135,7 +135,8 @@ impl Metrics {
             counter!("starling_peer_frames_sent_total", &labels).absolute(link.sent);
         }
         for (reason, count) in &scrape.peer_rejected {
-            counter!("starling_peer_rejected_total", "node" => node.clone(), "reason" => *reason).absolute(*count);
+            counter!("starling_peer_rejected_total", "node" => node.clone(), "reason" => *reason)
+                .absolute(*count);
         }
         counter!("starling_raft_entries_rejected_total", "node" => node.clone())
             .absolute(scrape.raft_entries_rejected);

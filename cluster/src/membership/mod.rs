@@ -122,6 +122,13 @@ impl Membership {
         member::members_by_name(&self.live_nodes_rx.borrow()).into_values().collect()
     }
 
+    /// Every live incarnation, several per name while a node restarts (or
+    /// while another process claims its name): liveness of one incarnation
+    /// must be read here, not from [`Membership::live_members`].
+    pub fn live_incarnations(&self) -> Vec<ClusterMember> {
+        self.live_nodes_rx.borrow().values().filter_map(ClusterMember::from_node_state).collect()
+    }
+
     /// A stream that first yields an `Add` for every live member (this node
     /// included), then every change; see [`ClusterChangeStream`].
     pub fn subscribe(&self) -> ClusterChangeStream {
