@@ -388,3 +388,111 @@ impl Replicator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamespacePolicies;
+    use crate::gateway::Sessions;
+    use crate::protocol::ConnId;
+    use crate::rooms::MemberRecord;
+    use proptest::prelude::*;
+
+    fn applier() -> TableApplier {
+        let hub = Hub::new(
+            Arc::from("node-1"),
+            7,
+            Arc::new(Sessions::default()),
+            Arc::new(NamespacePolicies::new(&[])),
+            crate::telemetry::Metrics::new("node-1"),
+        );
+        TableApplier(SharedTable::new(Arc::new(hub)))
+    }
+
+    fn join(user: &str, node: &str, incarnation: u64, meta: &str) -> RoomCommand {
+        RoomCommand::Join {
+            room: RoomName::parse("chat:a").unwrap(),
+            member: MemberRecord {
+                user: user.into(),
+                conn: ConnId::new(crate::config::incarnation_tag(node, incarnation), 1),
+                node: node.into(),
+                incarnation,
+                meta: meta.into(),
+            },
+            max_members: None,
+        }
+    }
+
+    fn peer(name: &str, incarnation: u64) -> PeerIdentity {
+        PeerIdentity { name: name.into(), incarnation }
+    }
+
+    #[test]
+    fn a_committed_garbage_entry_is_skipped_counted_and_the_log_goes_on() {
+        let mut applier = applier();
+        // The 11-byte proposal of the security review.
+        applier.apply(1, b"\x0bgarbage!!!");
+        assert_eq!(applier.0.rejected_entries(), 1);
+        assert_eq!(applier.0.applied_index(), 1);
+        // An entry with one invalid command is skipped whole.
+        let mixed =
+            codec::encode(&vec![join("a", "node-1", 7, "{}"), join("b", "node-1", 7, "not json")]).unwrap();
+        applier.apply(2, &mixed);
+        assert_eq!(applier.0.rejected_entries(), 2);
+        assert_eq!(applier.0.lock().table.member_count(), 0);
+        // A good entry after them applies.
+        applier.apply(3, &codec::encode(&vec![join("a", "node-1", 7, "{}")]).unwrap());
+        assert_eq!(applier.0.lock().table.member_count(), 1);
+        assert_eq!(applier.0.applied_index(), 3);
+    }
+
+    #[test]
+    fn forwarded_proposals_may_only_concern_the_proposers_own_members() {
+        let validate = |from: Option<&PeerIdentity>, commands: Vec<RoomCommand>| {
+            CommandValidator.validate(from, &codec::encode(&commands).unwrap())
+        };
+        let node_2 = peer("node-2", 5);
+        assert!(validate(Some(&node_2), vec![join("u", "node-2", 5, "{}")]).is_ok());
+        assert!(validate(Some(&node_2), vec![join("u", "node-1", 5, "{}")]).is_err());
+        assert!(validate(Some(&node_2), vec![join("u", "node-2", 6, "{}")]).is_err());
+        let own_conn = ConnId::new(crate::config::incarnation_tag("node-2", 5), 9);
+        let other_conn = ConnId::new(crate::config::incarnation_tag("node-1", 5), 9);
+        assert!(validate(Some(&node_2), vec![RoomCommand::ConnGone { conn: own_conn }]).is_ok());
+        assert!(validate(Some(&node_2), vec![RoomCommand::ConnGone { conn: other_conn }]).is_err());
+        let evict = |node: &str, incarnation| RoomCommand::EvictNode { node: node.into(), incarnation };
+        assert!(validate(Some(&node_2), vec![evict("node-2", 4)]).is_ok());
+        assert!(validate(Some(&node_2), vec![evict("node-2", 5)]).is_err());
+        assert!(validate(Some(&node_2), vec![evict("node-1", 1)]).is_err());
+        // The leader's own evictions of departed nodes.
+        assert!(validate(None, vec![evict("node-1", 1)]).is_ok());
+        // Malformed batches, from anyone.
+        assert!(validate(None, vec![]).is_err());
+        assert!(validate(None, vec![join("", "node-1", 1, "{}")]).is_err());
+        assert!(validate(None, vec![join("u", "node-1", 1, "[1]")]).is_err());
+        assert!(CommandValidator.validate(None, b"\x0bgarbage!!!").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The Raft entry decoder: random and mutated bytes never panic; an
+        /// entry either applies whole or is skipped and counted.
+        #[test]
+        fn raft_entries_of_any_bytes_apply_or_are_skipped(
+            random in proptest::collection::vec(any::<u8>(), 0..200),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let mut applier = applier();
+            applier.apply(1, &random);
+            let mut mutated = codec::encode(&vec![join("a", "node-1", 7, "{\"k\":1}")]).unwrap();
+            for (index, byte) in &flips {
+                let at = index.index(mutated.len());
+                mutated[at] = *byte;
+            }
+            applier.apply(2, &mutated);
+            let members = applier.0.lock().table.member_count() as u64;
+            prop_assert!(members + applier.0.rejected_entries() >= 1);
+            prop_assert_eq!(applier.0.applied_index(), 2);
+        }
+    }
+}

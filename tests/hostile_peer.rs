@@ -337,7 +337,7 @@ async fn a_rogue_process_claiming_a_members_name_takes_nothing_over() {
     for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("STARLING_")) {
         command.env_remove(var);
     }
-    let mut rogue = command
+    let rogue = command
         .arg("--config")
         .arg(config)
         .env("STARLING_NODE__DATA_DIR", rogue_dir.join("data"))
@@ -356,6 +356,7 @@ async fn a_rogue_process_claiming_a_members_name_takes_nothing_over() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the rogue");
+    let rogue = KillOnDrop(rogue);
 
     // The rogue holds the gossip key, so gossip lists its incarnation of node-2.
     let rogue_api = SocketAddr::from(([127, 0, 0, 1], ports.api));
@@ -382,10 +383,19 @@ async fn a_rogue_process_claiming_a_members_name_takes_nothing_over() {
         assert_eq!(voters(&cluster).await, voters_before);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = rogue.kill();
-    let _ = rogue.wait();
+    drop(rogue);
     assert_room_untouched(&cluster, room, &alice, &mut bob_events).await;
     let _ = std::fs::remove_dir_all(rogue_dir);
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn voters(cluster: &ProcessCluster) -> Vec<(String, bool)> {

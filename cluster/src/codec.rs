@@ -3,9 +3,10 @@
 //! it, so the format can be changed here and nowhere else.
 //!
 //! Every decode is bounded: bincode is told how many bytes the value may
-//! claim (strings, byte buffers, containers) before it allocates, so a
-//! length prefix of 2^62 is an error, never an allocation. The limit does
-//! not change the encoding.
+//! claim (strings, byte buffers) before it allocates, so a length prefix of
+//! 2^62 is an error, never an allocation; sequences are preallocated by
+//! serde at most 1 MiB whatever they claim, and grow only with the bytes
+//! actually present. The limit does not change the encoding.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
