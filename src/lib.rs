@@ -12,6 +12,7 @@
 //! - [`api`]: HTTP server API, health, readiness, metrics, demo page (warp).
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
 //! - [`telemetry`]: logging and metrics.
+//! - [`tls`]: PEM certificates and keys, rustls configurations.
 //! - [`node`]: the composition root that builds and stops all of the above.
 //!
 //! Dependencies point one way: `node` uses everything; `gateway` and `api`
@@ -31,6 +32,7 @@ pub mod protocol;
 pub mod replicate;
 pub mod rooms;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, NodeStats};
