@@ -480,7 +480,7 @@ impl Config {
             if !endpoint.starts_with("http://") || endpoint.parse::<warp::http::Uri>().is_err() {
                 return Err(key_error(
                     "telemetry.otlp_endpoint",
-                    "must be an http:// URL (no TLS stack is built in: export to a local collector)",
+                    "must be an http:// URL (the exporter has no TLS: export to a local collector)",
                 ));
             }
         }
