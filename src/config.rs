@@ -53,12 +53,39 @@ pub struct ListenConfig {
     pub peer: SocketAddr,
     /// Gossip (UDP).
     pub gossip: SocketAddr,
+    /// TLS on the client (`wss://`) and API (`https://`) listeners; absent:
+    /// plain `ws://` and `http://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenTlsConfig>,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        ListenConfig { client: at(7601), api: at(7701), peer: at(7801), gossip: at(7901) }
+        ListenConfig { client: at(7601), api: at(7701), peer: at(7801), gossip: at(7901), tls: None }
+    }
+}
+
+/// The certificate the client and API listeners present. Relative paths
+/// are taken from the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsConfig {
+    /// PEM certificate chain, the node's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key: PathBuf,
+}
+
+impl ListenTlsConfig {
+    /// Reads the certificate and key and builds the listeners' TLS config;
+    /// errors name the key whose file is at fault.
+    pub fn server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, ConfigError> {
+        let certs =
+            crate::tls::load_certs(&self.cert).map_err(|e| key_error("listen.tls.cert", e.to_string()))?;
+        let key = crate::tls::load_private_key(&self.key)
+            .map_err(|e| key_error("listen.tls.key", e.to_string()))?;
+        crate::tls::server_config(certs, key).map_err(|e| key_error("listen.tls", e.to_string()))
     }
 }
 
@@ -148,8 +175,12 @@ pub struct AuthConfig {
     pub jwt_audience: Option<String>,
     /// When set, tokens must carry this `iss`.
     pub jwt_issuer: Option<String>,
-    /// Clock skew allowed on `exp`, in seconds.
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
     pub jwt_leeway_secs: u64,
+    /// When set, tokens must carry `iat` and live at most this long
+    /// (`exp - iat`, in seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_s: Option<u64>,
     /// Key for the HTTP server API (`Authorization: Bearer <api_key>`).
     pub api_key: Option<String>,
     /// Browser origins allowed to connect; `"*"` allows any. Requests with no
@@ -165,6 +196,10 @@ pub struct LimitsConfig {
     /// TCP connections still in the WebSocket handshake; above it new TCP
     /// connections are closed at once.
     pub max_pending_handshakes: usize,
+    /// TCP connections from one client address (an IPv6 /64) still in the
+    /// handshake; above it that address's new TCP connections are closed at
+    /// once, so one address cannot take every pending-handshake slot.
+    pub pending_handshakes_per_ip: usize,
     /// Rooms one connection may be in at once.
     pub max_rooms_per_connection: usize,
     /// Largest client frame or message, in bytes; larger closes with 1009.
@@ -192,6 +227,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 100_000,
             max_pending_handshakes: 1024,
+            pending_handshakes_per_ip: 32,
             max_rooms_per_connection: 100,
             max_message_bytes: 64 * 1024,
             max_meta_bytes: 2048,
@@ -377,26 +413,27 @@ impl Config {
         apply_env_overrides(&mut table, env)?;
         let mut config = Config::from_table(table)?;
         if let Some(folder) = path.and_then(Path::parent) {
-            config.resolve_paths(folder);
+            config.resolve_relative_paths(folder);
         }
         config.validate()?;
         Ok(config)
     }
 
-    /// Makes relative file paths relative to `folder` (the config file's).
-    fn resolve_paths(&mut self, folder: &Path) {
-        let resolve = |path: &mut PathBuf| {
+    /// Makes the file paths of the config relative to `folder` (the config
+    /// file's), so a node does not depend on the directory it starts in.
+    fn resolve_relative_paths(&mut self, folder: &Path) {
+        let mut paths: Vec<&mut PathBuf> = Vec::new();
+        if let Some(tls) = &mut self.listen.tls {
+            paths.extend([&mut tls.cert, &mut tls.key]);
+        }
+        if let Some(tls) = &mut self.cluster.tls {
+            paths.extend([&mut tls.ca, &mut tls.cert, &mut tls.key]);
+        }
+        paths.extend(self.cluster.gossip_key_file.as_mut());
+        for path in paths {
             if path.is_relative() {
                 *path = folder.join(&*path);
             }
-        };
-        if let Some(tls) = &mut self.cluster.tls {
-            resolve(&mut tls.ca);
-            resolve(&mut tls.cert);
-            resolve(&mut tls.key);
-        }
-        if let Some(file) = &mut self.cluster.gossip_key_file {
-            resolve(file);
         }
     }
 
@@ -432,6 +469,7 @@ impl Config {
         let positive = [
             ("limits.max_connections", limits.max_connections),
             ("limits.max_pending_handshakes", limits.max_pending_handshakes),
+            ("limits.pending_handshakes_per_ip", limits.pending_handshakes_per_ip),
             ("limits.max_rooms_per_connection", limits.max_rooms_per_connection),
             ("limits.max_message_bytes", limits.max_message_bytes),
             ("limits.outbound_queue_messages", limits.outbound_queue_messages),
@@ -476,12 +514,29 @@ impl Config {
             if !endpoint.starts_with("http://") || endpoint.parse::<warp::http::Uri>().is_err() {
                 return Err(key_error(
                     "telemetry.otlp_endpoint",
-                    "must be an http:// URL (no TLS stack is built in: export to a local collector)",
+                    "must be an http:// URL (the exporter has no TLS: export to a local collector)",
                 ));
             }
         }
         self.validate_auth()?;
+        self.validate_listeners()?;
         self.validate_namespaces()
+    }
+
+    /// The demo page only on a loopback API listener; TLS files readable
+    /// and fitting together.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if self.api.demo && !self.listen.api.ip().is_loopback() {
+            return Err(key_error(
+                "api.demo",
+                "must be false when listen.api is not a loopback address \
+                 (the demo page hands out tokens to anyone who reaches it)",
+            ));
+        }
+        if let Some(tls) = &self.listen.tls {
+            tls.server_config()?;
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -616,6 +671,9 @@ impl Config {
             }
         }
         crate::auth::algorithms_for(auth).map_err(|e| key_error("auth.jwt_algorithms", e))?;
+        if auth.max_token_ttl_s == Some(0) {
+            return Err(key_error("auth.max_token_ttl_s", "must be greater than 0 when set"));
+        }
         let loopback_only = [self.listen.client, self.listen.api].iter().all(|addr| addr.ip().is_loopback());
         let has_token_key = auth.jwt_hs256_secret.is_some() || auth.jwt_public_key_pem.is_some();
         let explicit_secrets = has_token_key && auth.api_key.is_some();
@@ -832,6 +890,87 @@ mod tests {
             "k".repeat(16)
         );
         assert!(load(&ok, &[]).is_ok());
+    }
+
+    #[test]
+    fn the_demo_page_is_refused_on_a_non_loopback_api_listener() {
+        let secrets =
+            format!("[auth]\njwt_hs256_secret = \"{}\"\napi_key = \"{}\"\n", "s".repeat(32), "k".repeat(16));
+        let exposed = format!("[listen]\napi = \"0.0.0.0:7701\"\n[api]\ndemo = true\n{secrets}");
+        let error = load(&exposed, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `api.demo`"), "{error}");
+        let env = [
+            ("STARLING_LISTEN__API", "10.1.2.3:7701".to_string()),
+            ("STARLING_AUTH__JWT_HS256_SECRET", "s".repeat(32)),
+            ("STARLING_AUTH__API_KEY", "k".repeat(16)),
+        ];
+        let dev_exposed = Config::load_over(Config::dev(), env.map(|(k, v)| (k.to_string(), v)));
+        let error = dev_exposed.unwrap_err().to_string();
+        assert!(error.starts_with("config key `api.demo`"), "the dev node too: {error}");
+        assert!(load(&format!("[api]\ndemo = true\n{secrets}"), &[]).is_ok(), "loopback is fine");
+        assert!(
+            load(&format!("[listen]\napi = \"0.0.0.0:7701\"\n{secrets}"), &[]).is_ok(),
+            "demo off is fine"
+        );
+    }
+
+    #[test]
+    fn new_edge_limits_are_validated() {
+        let error = load("[limits]\npending_handshakes_per_ip = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(error, "config key `limits.pending_handshakes_per_ip`: must be greater than 0");
+        assert_eq!(load("", &[]).unwrap().limits.pending_handshakes_per_ip, 32);
+        let error = load("[auth]\nmax_token_ttl_s = 0\n", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `auth.max_token_ttl_s`"), "{error}");
+        assert_eq!(load("[auth]\nmax_token_ttl_s = 900\n", &[]).unwrap().auth.max_token_ttl_s, Some(900));
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file_and_bad_files_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("starling-config-tls-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("certs/node.crt"), generated.cert.pem()).unwrap();
+        std::fs::write(dir.join("certs/node.key"), generated.signing_key.serialize_pem()).unwrap();
+        let load_file = |text: &str| {
+            let path = dir.join("node.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), Vec::new())
+        };
+        let absolute = dir.join("certs/node.key");
+        let config = load_file(&format!(
+            "[listen.tls]\ncert = \"certs/node.crt\"\nkey = \"{}\"\n",
+            absolute.display()
+        ))
+        .unwrap();
+        let tls = config.listen.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.join("certs/node.crt"), "relative: from the file's folder");
+        assert_eq!(tls.key, absolute, "absolute: as is");
+        assert!(config.to_masked_toml().contains("[listen.tls]"));
+
+        let error = load_file("[listen.tls]\ncert = \"certs/missing.crt\"\nkey = \"certs/node.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("config key `listen.tls.cert`: cannot read") && error.contains("missing.crt"),
+            "{error}"
+        );
+        let error = load_file("[listen.tls]\ncert = \"certs/node.key\"\nkey = \"certs/node.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("config key `listen.tls.cert`") && error.contains("no certificate"),
+            "{error}"
+        );
+        let error = load_file("[listen.tls]\ncert = \"certs/node.crt\"\nkey = \"certs/node.crt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("config key `listen.tls.key`") && error.contains("no private key"),
+            "{error}"
+        );
+        let error = load_file("[listen.tls]\ncert = \"certs/node.crt\"\n").unwrap_err().to_string();
+        assert!(error.contains("listen.tls") && error.contains("key"), "{error}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

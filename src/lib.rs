@@ -13,7 +13,7 @@
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
 //! - [`telemetry`]: logging and metrics.
 //! - [`certs`]: `starling cert`: the cluster CA, node certificates, the gossip key.
-//! - [`tls`]: reading PEM certificates and keys.
+//! - [`tls`]: PEM certificates and keys, rustls configurations.
 //! - [`node`]: the composition root that builds and stops all of the above.
 //!
 //! Dependencies point one way: `node` uses everything; `gateway` and `api`

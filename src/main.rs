@@ -166,10 +166,10 @@ fn generate_secrets(config: &mut Config) -> Option<String> {
 fn print_dev_banner(config: &Config, node: &Node, secret: Option<&str>) -> anyhow::Result<()> {
     let api_key = config.auth.api_key.as_deref().unwrap_or_default();
     println!("Starling dev node `{}` is running.", config.node.name);
-    println!("  WebSocket:  ws://{}/ws", node.client_addr());
-    println!("  HTTP API:   http://{}", node.api_addr());
+    println!("  WebSocket:  {}", node.client_url());
+    println!("  HTTP API:   {}", node.api_url());
     if config.api.demo {
-        println!("  Demo chat:  http://{}/  (open it in two tabs)", node.api_addr());
+        println!("  Demo chat:  {}/  (open it in two tabs)", node.api_url());
     }
     println!("  API key:    {api_key}");
     if let Some(secret) = secret {

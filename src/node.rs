@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -35,6 +36,8 @@ pub struct Node {
     gateway: Arc<Gateway>,
     client_addr: SocketAddr,
     api_addr: SocketAddr,
+    /// Whether both listeners speak TLS (`[listen.tls]`).
+    tls: bool,
     /// The end of shutdown: stops the accept loop (which answers 503 while
     /// draining), the API, and whatever sessions are still running.
     stop_all: CancellationToken,
@@ -77,6 +80,10 @@ impl Node {
         let Some(api_key) = config.auth.api_key.clone() else {
             bail!("auth.api_key is not set");
         };
+        let tls = match &config.listen.tls {
+            Some(tls) => Some(TlsAcceptor::from(tls.server_config()?)),
+            None => None,
+        };
         let client_listener = TcpListener::bind(config.listen.client)
             .await
             .with_context(|| format!("binding listen.client {}", config.listen.client))?;
@@ -90,8 +97,9 @@ impl Node {
             // The demo page is served from the API listener; its origin
             // (known only now when the port was 0) must be allowed.
             let port = api_addr.port();
-            config.auth.allowed_origins.push(format!("http://{api_addr}"));
-            config.auth.allowed_origins.push(format!("http://localhost:{port}"));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            config.auth.allowed_origins.push(format!("{scheme}://{api_addr}"));
+            config.auth.allowed_origins.push(format!("{scheme}://localhost:{port}"));
         }
         let verifier = JwtVerifier::new(&config.auth).context("building the token verifier")?;
         let config = Arc::new(config);
@@ -153,6 +161,7 @@ impl Node {
             gateway: Arc::clone(&gateway),
             client_addr,
             api_addr,
+            tls: tls.is_some(),
             stop_all,
             connections: TaskTracker::new(),
             background,
@@ -163,6 +172,7 @@ impl Node {
         let accept = gateway::serve(
             client_listener,
             Arc::clone(&gateway),
+            tls.clone(),
             node.stop_all.clone(),
             node.connections.clone(),
         );
@@ -176,14 +186,11 @@ impl Node {
             api_key,
             demo_secret,
             client_addr,
+            tls: node.tls,
             cluster: node.cluster_view.clone(),
             links,
         });
-        let stop_api = node.stop_all.clone();
-        let server = warp::serve(api::routes(state))
-            .incoming(api_listener)
-            .graceful(async move { stop_api.cancelled().await });
-        node.background.spawn(server.run());
+        node.background.spawn(api::serve(api_listener, state, tls, node.stop_all.clone()));
         let stop_upkeep = node.stop_all.clone();
         node.background.spawn(async move {
             // Histograms keep raw samples until upkeep folds them into buckets.
@@ -195,7 +202,14 @@ impl Node {
                 }
             }
         });
-        info!(node = %config.node.name, client = %client_addr, api = %api_addr, "node started");
+        info!(
+            node = %config.node.name,
+            client = %client_addr,
+            api = %api_addr,
+            client_url = %node.client_url(),
+            api_url = %node.api_url(),
+            "node started"
+        );
         Ok(node)
     }
 
@@ -205,6 +219,18 @@ impl Node {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// Where clients connect: `ws://ADDR/ws`, or `wss://` with TLS.
+    pub fn client_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.client_addr)
+    }
+
+    /// The API's base URL: `http://ADDR`, or `https://` with TLS.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_addr)
     }
 
     /// The peer address actually bound (cluster mode only).

@@ -174,3 +174,26 @@ async fn a_client_that_never_reads_is_cut_off_as_a_slow_consumer_without_hurting
     drop(sloth);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_pongs_or_pings_is_rate_limited_and_closed_with_4029() {
+    let mut config = test_config();
+    config.limits.requests_per_second = 1.0;
+    config.limits.request_burst = 5;
+    config.limits.rate_limited_close_after = 10;
+    let node = start(config).await;
+    let (bystander, _bystander_events) = connect_as(&node, "carol").await;
+    let floods =
+        [("alice", WsMessage::text(r#"{"type":"pong"}"#)), ("bob", WsMessage::Ping(Vec::new().into()))];
+    for (user, frame) in floods {
+        let (client, mut events) = connect_as(&node, user).await;
+        for _ in 0..100 {
+            if client.send_raw(frame.clone()).is_err() {
+                break;
+            }
+        }
+        assert_eq!(close_code(&mut events).await, Some(4029), "{frame:?}");
+    }
+    bystander.join("chat:x", None).await.expect("others are unaffected");
+    node.shutdown().await;
+}

@@ -20,12 +20,13 @@ const CLIENT_JS: &str = include_str!("../../clients/js/src/starling.js");
 /// host name or address is taken from it).
 pub fn page(state: &ApiState, host: Option<&str>) -> Option<Response> {
     state.gateway.config.api.demo.then(|| {
-        let ws_url = ws_url(state.client_addr, host);
+        let ws_url = ws_url(state.client_addr, host, state.tls);
         warp::reply::html(PAGE.replace("{{WS_URL}}", &ws_url)).into_response()
     })
 }
 
-fn ws_url(client: std::net::SocketAddr, host: Option<&str>) -> String {
+fn ws_url(client: std::net::SocketAddr, host: Option<&str>, tls: bool) -> String {
+    let scheme = if tls { "wss" } else { "ws" };
     let from_header = host
         .map(|h| match h.strip_prefix('[') {
             Some(v6) => v6.split(']').next().map(|a| format!("[{a}]")).unwrap_or_default(),
@@ -33,8 +34,8 @@ fn ws_url(client: std::net::SocketAddr, host: Option<&str>) -> String {
         })
         .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)));
     match from_header {
-        Some(host) if client.ip().is_unspecified() => format!("ws://{host}:{}/ws", client.port()),
-        _ => format!("ws://{client}/ws"),
+        Some(host) if client.ip().is_unspecified() => format!("{scheme}://{host}:{}/ws", client.port()),
+        _ => format!("{scheme}://{client}/ws"),
     }
 }
 
@@ -75,11 +76,13 @@ mod tests {
     fn the_page_points_at_a_reachable_client_listener() {
         let any = "0.0.0.0:7601".parse().unwrap();
         let local = "127.0.0.1:7601".parse().unwrap();
-        assert_eq!(ws_url(local, Some("example.org:7701")), "ws://127.0.0.1:7601/ws");
-        assert_eq!(ws_url(any, Some("example.org:7701")), "ws://example.org:7601/ws");
-        assert_eq!(ws_url(any, Some("[::1]:7701")), "ws://[::1]:7601/ws");
+        assert_eq!(ws_url(local, Some("example.org:7701"), false), "ws://127.0.0.1:7601/ws");
+        assert_eq!(ws_url(any, Some("example.org:7701"), false), "ws://example.org:7601/ws");
+        assert_eq!(ws_url(any, Some("[::1]:7701"), false), "ws://[::1]:7601/ws");
         // Anything but a host name or address is not reflected into the page.
-        assert_eq!(ws_url(any, Some("x\"><script>")), "ws://0.0.0.0:7601/ws");
-        assert_eq!(ws_url(any, None), "ws://0.0.0.0:7601/ws");
+        assert_eq!(ws_url(any, Some("x\"><script>"), false), "ws://0.0.0.0:7601/ws");
+        assert_eq!(ws_url(any, None, false), "ws://0.0.0.0:7601/ws");
+        // An https page may only open wss:// sockets.
+        assert_eq!(ws_url(local, None, true), "wss://127.0.0.1:7601/ws");
     }
 }

@@ -7,6 +7,7 @@
 
 mod demo;
 mod handlers;
+mod server;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use crate::gateway::Gateway;
 use crate::protocol::ErrorCode;
 use crate::telemetry::MetricsHandle;
 
+pub use server::serve;
+
 /// What the handlers need.
 pub struct ApiState {
     pub gateway: Arc<Gateway>,
@@ -30,6 +33,8 @@ pub struct ApiState {
     pub demo_secret: Option<String>,
     /// The bound client listener, for the demo page's WebSocket URL.
     pub client_addr: std::net::SocketAddr,
+    /// Whether the listeners speak TLS (`wss://`, `https://`).
+    pub tls: bool,
     /// In a cluster: the Raft group and gossip, for `/api/cluster`.
     pub cluster:
         Option<(Arc<starling_cluster::raft::RaftGroup>, Arc<starling_cluster::membership::Membership>)>,

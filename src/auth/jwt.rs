@@ -9,12 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuthConfig;
 
 /// The claims Starling reads from a token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     /// The user id, shown as `user` in presence.
     pub sub: String,
     /// Expiry, seconds since the Unix epoch. Required.
     pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch. Required when
+    /// `auth.max_token_ttl_s` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     /// Glob patterns of rooms the user may join, e.g. `chat:*`. Absent: none.
     #[serde(default)]
     pub rooms: Vec<String>,
@@ -43,6 +50,8 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
     #[error("invalid token: {0}")]
     Invalid(&'static str),
     #[error("auth is not configured: {0}")]
@@ -52,10 +61,13 @@ pub enum AuthError {
 /// The longest user id accepted in `sub`.
 const MAX_SUB_BYTES: usize = 128;
 
-/// Verifies tokens against the configured key, algorithms, audience and issuer.
+/// Verifies tokens against the configured key, algorithms, audience and
+/// issuer, then their time claims.
 pub struct JwtVerifier {
     key: DecodingKey,
+    /// Signature, algorithm, `aud` and `iss`; times are checked by `TimeRules`.
     validation: Validation,
+    times: TimeRules,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -121,9 +133,11 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
-        validation.leeway = auth.jwt_leeway_secs;
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Time claims are checked here, with checked arithmetic and their
+        // own reasons (see `TimeRules`).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["sub"]);
         match &auth.jwt_audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -131,32 +145,98 @@ impl JwtVerifier {
         if let Some(issuer) = &auth.jwt_issuer {
             validation.set_issuer(&[issuer]);
         }
-        Ok(JwtVerifier { key, validation })
+        let times = TimeRules { leeway: auth.jwt_leeway_secs, max_ttl: auth.max_token_ttl_s };
+        Ok(JwtVerifier { key, validation, times })
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`JwtVerifier::verify`] with `now` (seconds since the Unix epoch) given.
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-                |error| match error.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        AuthError::Invalid("algorithm not allowed")
-                    }
-                    ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
-                    ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
-                    ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
-                    _ => AuthError::Invalid("malformed token"),
-                },
-            )?;
-        let claims = data.claims;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|error| match error.kind() {
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                AuthError::Invalid("algorithm not allowed")
+            }
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
+            ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
+            _ => AuthError::Invalid("malformed token"),
+        })?;
+        let times = TokenTimes::read(&data.claims)?;
+        self.times.check(&times, now)?;
+        let claims: Claims = serde_json::from_value(serde_json::Value::Object(data.claims))
+            .map_err(|_| AuthError::Invalid("malformed token"))?;
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
             return Err(AuthError::Invalid("sub must be 1 to 128 bytes"));
         }
         Ok(claims)
+    }
+}
+
+/// The time claims of a token, each a whole number of seconds since the
+/// Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TokenTimes {
+    exp: u64,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+}
+
+impl TokenTimes {
+    /// Reads `exp` (required), `nbf` and `iat`. Anything but a whole number
+    /// from 0 to 2^64-1 (a fraction, a negative or larger number, a string)
+    /// is refused with the claim's name.
+    fn read(claims: &serde_json::Map<String, serde_json::Value>) -> Result<TokenTimes, AuthError> {
+        let read = |name: &str, format_error: &'static str| match claims.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => value.as_u64().map(Some).ok_or(AuthError::Invalid(format_error)),
+        };
+        let exp = read("exp", "exp must be a whole number of seconds")?
+            .ok_or(AuthError::Invalid("missing required claim"))?;
+        let nbf = read("nbf", "nbf must be a whole number of seconds")?;
+        let iat = read("iat", "iat must be a whole number of seconds")?;
+        Ok(TokenTimes { exp, nbf, iat })
+    }
+}
+
+/// How time claims are judged: `leeway` seconds of clock skew either way,
+/// and an optional longest lifetime. All arithmetic saturates.
+#[derive(Debug, Clone, Copy)]
+struct TimeRules {
+    leeway: u64,
+    max_ttl: Option<u64>,
+}
+
+impl TimeRules {
+    fn check(&self, times: &TokenTimes, now: u64) -> Result<(), AuthError> {
+        if times.exp.saturating_add(self.leeway) < now {
+            return Err(AuthError::Expired);
+        }
+        let latest_valid_start = now.saturating_add(self.leeway);
+        if times.nbf.is_some_and(|nbf| nbf > latest_valid_start) {
+            return Err(AuthError::NotYetValid);
+        }
+        if times.iat.is_some_and(|iat| iat > latest_valid_start) {
+            return Err(AuthError::Invalid("issued in the future"));
+        }
+        if let Some(max_ttl) = self.max_ttl {
+            let iat = times.iat.ok_or(AuthError::Invalid("iat is required"))?;
+            if times.exp.saturating_sub(iat) > max_ttl {
+                return Err(AuthError::Invalid("lifetime (exp - iat) is over the maximum"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -176,7 +256,9 @@ pub fn mint_token(secret: &str, request: &MintRequest) -> Result<String, AuthErr
     let now = jsonwebtoken::get_current_timestamp();
     let claims = Claims {
         sub: request.sub.clone(),
-        exp: now + request.ttl.as_secs().max(1),
+        exp: now.saturating_add(request.ttl.as_secs().max(1)),
+        nbf: None,
+        iat: Some(now),
         rooms: request.rooms.clone(),
         meta: request.meta.clone(),
         aud: request.audience.clone().map(serde_json::Value::String),
@@ -250,12 +332,114 @@ mod tests {
         let claims = Claims {
             sub: "alice".into(),
             exp: jsonwebtoken::get_current_timestamp() + 60,
-            rooms: vec![],
-            meta: None,
             aud: Some(serde_json::json!(["other", "starling"])),
-            iss: None,
+            ..Claims::default()
         };
         assert!(verifier.verify(&sign_claims(SECRET, &claims).unwrap()).is_ok());
+    }
+
+    /// Signs any JSON as the claims, to try values `Claims` cannot hold.
+    fn sign_json(claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn nbf_and_iat_are_checked_with_the_leeway() {
+        let mut config = auth();
+        config.jwt_leeway_secs = 30;
+        let verifier = JwtVerifier::new(&config).unwrap();
+        let verify = |claims| verifier.verify_at(&sign_json(claims), NOW);
+        let exp = NOW + 600;
+        assert!(verify(serde_json::json!({"sub": "a", "exp": exp, "nbf": NOW + 30, "iat": NOW + 30})).is_ok());
+        assert_eq!(
+            verify(serde_json::json!({"sub": "a", "exp": exp, "nbf": NOW + 31})).unwrap_err(),
+            AuthError::NotYetValid
+        );
+        assert_eq!(
+            verify(serde_json::json!({"sub": "a", "exp": exp, "iat": NOW + 31})).unwrap_err(),
+            AuthError::Invalid("issued in the future")
+        );
+        assert!(verify(serde_json::json!({"sub": "a", "exp": NOW - 30})).is_ok(), "within the leeway");
+        assert_eq!(verify(serde_json::json!({"sub": "a", "exp": NOW - 31})).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            verify(serde_json::json!({"sub": "a"})).unwrap_err(),
+            AuthError::Invalid("missing required claim")
+        );
+        assert_eq!(AuthError::NotYetValid.to_string(), "token not yet valid", "the 401 body a client sees");
+    }
+
+    #[test]
+    fn a_maximum_lifetime_needs_iat_and_bounds_exp_minus_iat() {
+        let mut config = auth();
+        config.max_token_ttl_s = Some(3600);
+        let verifier = JwtVerifier::new(&config).unwrap();
+        let verify = |claims| verifier.verify_at(&sign_json(claims), NOW);
+        assert!(verify(serde_json::json!({"sub": "a", "iat": NOW, "exp": NOW + 3600})).is_ok());
+        assert_eq!(
+            verify(serde_json::json!({"sub": "a", "iat": NOW, "exp": NOW + 3601})).unwrap_err(),
+            AuthError::Invalid("lifetime (exp - iat) is over the maximum")
+        );
+        assert_eq!(
+            verify(serde_json::json!({"sub": "a", "exp": NOW + 60})).unwrap_err(),
+            AuthError::Invalid("iat is required")
+        );
+        // Minted tokens carry `iat`, so they pass when their ttl fits.
+        let minted = mint_token(SECRET, &request(600)).unwrap();
+        assert!(verifier.verify(&minted).is_ok());
+    }
+
+    #[test]
+    fn extreme_time_claims_are_refused_or_accepted_without_overflow() {
+        let mut config = auth();
+        config.max_token_ttl_s = Some(60);
+        config.jwt_leeway_secs = u64::MAX;
+        let huge_leeway = JwtVerifier::new(&config).unwrap();
+        let plain = JwtVerifier::new(&auth()).unwrap();
+        let extremes = [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(1.5),
+            serde_json::json!(1e300),
+            serde_json::json!(-1e300),
+            serde_json::json!("1800000000"),
+            serde_json::json!([1]),
+            serde_json::from_str::<serde_json::Value>("18446744073709551616").unwrap(),
+        ];
+        for value in &extremes {
+            for field in ["exp", "nbf", "iat"] {
+                let mut claims = serde_json::json!({"sub": "a", "exp": NOW + 60, "iat": NOW});
+                claims[field] = value.clone();
+                let token = sign_json(claims);
+                for verifier in [&plain, &huge_leeway] {
+                    for now in [0, NOW, u64::MAX] {
+                        // Any answer will do; it must not panic.
+                        let _ = verifier.verify_at(&token, now);
+                    }
+                }
+            }
+        }
+        let far = sign_json(serde_json::json!({"sub": "a", "exp": u64::MAX}));
+        assert_eq!(plain.verify_at(&far, NOW).unwrap().exp, u64::MAX);
+        let fraction = sign_json(serde_json::json!({"sub": "a", "exp": 1.5e9}));
+        assert_eq!(
+            plain.verify_at(&fraction, NOW).unwrap_err(),
+            AuthError::Invalid("exp must be a whole number of seconds")
+        );
+        let negative = sign_json(serde_json::json!({"sub": "a", "exp": NOW + 60, "nbf": -1}));
+        assert_eq!(
+            plain.verify_at(&negative, NOW).unwrap_err(),
+            AuthError::Invalid("nbf must be a whole number of seconds")
+        );
+        let ttl = sign_json(serde_json::json!({"sub": "a", "exp": u64::MAX, "iat": 0}));
+        assert_eq!(
+            huge_leeway.verify_at(&ttl, u64::MAX).unwrap_err(),
+            AuthError::Invalid("lifetime (exp - iat) is over the maximum")
+        );
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! Accepting TCP connections and upgrading them to WebSocket sessions.
+//! Accepting TCP connections and upgrading them to WebSocket sessions, over
+//! TLS when `[listen.tls]` is set.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -13,13 +18,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::admission::{redacted_path, Admission};
-use super::{session, Gateway};
+use super::pending::PendingSlot;
+use super::{deadline_after, session, Gateway};
 
 /// Accepts client connections until `shutdown` is cancelled. Each connection
-/// runs as a task on `tracker`, so shutdown can wait for all of them.
+/// runs as a task on `tracker`, so shutdown can wait for all of them. With
+/// `tls`, every connection is a TLS connection (`wss://`).
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -37,21 +45,76 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(handshake_permit) = Arc::clone(&gateway.handshake_permits).try_acquire_owned() else {
-            debug!(%peer, "too many pending handshakes; connection dropped");
-            gateway.metrics.handshakes_rejected.increment(1);
+        // Dropping `tcp` when refused closes it at once, before any response.
+        let Some(pending) = take_pending_slot(&gateway, peer) else {
             continue;
         };
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%peer, %error, "set_nodelay failed");
+        }
         let gateway = Arc::clone(&gateway);
+        let tls = tls.clone();
         let connection_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let upgraded = upgrade(tcp, peer, &gateway).await;
-            drop(handshake_permit);
-            if let Some((ws, admission)) = upgraded {
-                let (sink, stream) = ws.split();
-                session::run(gateway, admission, sink, stream, connection_shutdown).await;
+            // One deadline for the TLS handshake and the upgrade together.
+            let timeout = Duration::from_millis(gateway.config.websocket.handshake_timeout_ms);
+            let deadline = deadline_after(timeout);
+            let Some(acceptor) = tls else {
+                return serve_connection(tcp, peer, gateway, pending, deadline, connection_shutdown).await;
+            };
+            match timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, gateway, pending, deadline, connection_shutdown).await
+                }
+                Ok(Err(error)) => debug!(%peer, %error, "tls handshake failed"),
+                Err(_) => debug!(%peer, "tls handshake timed out"),
             }
         });
+    }
+}
+
+/// What a connection holds until its upgrade is done or refused.
+struct PendingHandshake {
+    _global: OwnedSemaphorePermit,
+    _per_address: PendingSlot,
+}
+
+/// A slot for one more pending handshake from `peer`, or `None` (counted)
+/// when its address or the node already has too many.
+fn take_pending_slot(gateway: &Gateway, peer: SocketAddr) -> Option<PendingHandshake> {
+    let metrics = &gateway.metrics;
+    let Some(per_address) = gateway.pending_per_address.try_take(peer.ip()) else {
+        debug!(%peer, "too many pending handshakes from this address; connection dropped");
+        metrics.handshakes_rejected.increment(1);
+        metrics.rejected_pending_handshakes_per_ip.increment(1);
+        return None;
+    };
+    let Ok(global) = Arc::clone(&gateway.handshake_permits).try_acquire_owned() else {
+        debug!(%peer, "too many pending handshakes; connection dropped");
+        metrics.handshakes_rejected.increment(1);
+        metrics.rejected_pending_handshakes.increment(1);
+        return None;
+    };
+    Some(PendingHandshake { _global: global, _per_address: per_address })
+}
+
+/// Upgrades `stream` (plain TCP or TLS) and runs its session. Generic, so
+/// the plain path pays nothing for TLS.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    pending: PendingHandshake,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let upgraded = upgrade(stream, peer, &gateway, deadline).await;
+    drop(pending);
+    if let Some((ws, admission)) = upgraded {
+        let (sink, stream) = ws.split();
+        session::run(gateway, admission, sink, stream, shutdown).await;
     }
 }
 
@@ -69,14 +132,15 @@ fn websocket_config(gateway: &Gateway) -> WebSocketConfig {
 // The callback's error type is tungstenite's HTTP response; it is built
 // once per refused upgrade, so its size does not matter.
 #[allow(clippy::result_large_err)]
-async fn upgrade(
-    tcp: TcpStream,
+async fn upgrade<S>(
+    stream: S,
     peer: SocketAddr,
     gateway: &Gateway,
-) -> Option<(tokio_tungstenite::WebSocketStream<TcpStream>, Admission)> {
-    if let Err(error) = tcp.set_nodelay(true) {
-        debug!(%peer, %error, "set_nodelay failed");
-    }
+    deadline: Instant,
+) -> Option<(tokio_tungstenite::WebSocketStream<S>, Admission)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut admitted = None;
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         match gateway.admit(request) {
@@ -91,10 +155,9 @@ async fn upgrade(
             }
         }
     };
-    let timeout = Duration::from_millis(gateway.config.websocket.handshake_timeout_ms);
     let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(websocket_config(gateway)));
-    match tokio::time::timeout(timeout, handshake).await {
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(websocket_config(gateway)));
+    match timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => admitted.map(|admission| (ws, admission)),
         Ok(Err(error)) => {
             debug!(%peer, %error, "handshake failed");

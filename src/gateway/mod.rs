@@ -11,11 +11,13 @@ mod hub;
 mod limits;
 mod listener;
 mod outbound;
+mod pending;
 mod session;
 mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -53,6 +55,8 @@ pub struct Gateway {
     connection_permits: Arc<Semaphore>,
     /// One permit per TCP connection still in its handshake.
     handshake_permits: Arc<Semaphore>,
+    /// The same, per client address (`limits.pending_handshakes_per_ip`).
+    pending_per_address: Arc<pending::PendingPerAddress>,
     /// Set on shutdown: new upgrades get 503.
     draining: AtomicBool,
     pub metrics: Metrics,
@@ -82,6 +86,7 @@ impl Gateway {
             origins: OriginPolicy::new(&config.auth.allowed_origins),
             connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshake_permits: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            pending_per_address: pending::PendingPerAddress::new(config.limits.pending_handshakes_per_ip),
             draining: AtomicBool::new(false),
             verifier: parts.verifier,
             namespaces: parts.namespaces,
@@ -111,4 +116,12 @@ impl Gateway {
     pub fn connection_count(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// `now + duration`, capped at 30 years from now: a deadline further away
+/// (a huge config value, a token that expires in a billion years) means
+/// "never", and adding it to an `Instant` would overflow and panic.
+pub(crate) fn deadline_after(duration: Duration) -> tokio::time::Instant {
+    const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    tokio::time::Instant::now() + duration.min(FAR_FUTURE)
 }

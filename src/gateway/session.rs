@@ -25,10 +25,12 @@ use super::hub::{wire_member_list, Position};
 use super::limits::TokenBucket;
 use super::outbound::{BatchEnd, OutFrame, Outbound};
 use super::sessions::SessionEntry;
-use super::Gateway;
+use super::{deadline_after, Gateway};
 use crate::auth::Claims;
 use crate::config::PublishPolicy;
-use crate::protocol::{self, parse_request, CloseCode, ErrorBody, ErrorCode, MessageFrom, Request, RoomName};
+use crate::protocol::{
+    self, parse_request, CloseCode, ConnId, ErrorBody, ErrorCode, MessageFrom, Request, RoomName,
+};
 use crate::replicate::ReplicateError;
 use crate::rooms::{Effect, MemberRecord, RoomCommand, RoomSnapshot};
 use crate::telemetry;
@@ -58,13 +60,12 @@ pub async fn run<S, R>(
     let span = info_span!("session", conn = %conn, user = %entry.user);
     let lifecycle = telemetry::connection_span(conn, &entry.user);
     async move {
-        gateway.sessions.insert(Arc::clone(&entry));
+        let registration = Registration::new(&gateway, &entry);
         if gateway.is_draining() {
             // Admitted just before the drain began, registered after the
             // drain listed the sessions to close: close it here.
             entry.outbound.close(CloseCode::Restarting);
         }
-        gateway.metrics.connections.increment(1.0);
         gateway.metrics.connections_opened.increment(1);
         debug!("connected");
         let welcome = protocol::encode_welcome(&protocol::Welcome {
@@ -107,14 +108,36 @@ pub async fn run<S, R>(
             .await;
         }
         session.leave_all(&shutdown).await;
-        gateway.sessions.remove(conn);
-        gateway.metrics.connections.decrement(1.0);
+        drop(registration);
         drop(permit);
         drop(lifecycle);
         debug!("disconnected");
     }
     .instrument(span)
     .await
+}
+
+/// A session listed in `Sessions` and counted in the connections gauge.
+/// Dropping it undoes both, at the end of the session or while unwinding
+/// from a panic, so neither can leak.
+struct Registration {
+    gateway: Arc<Gateway>,
+    conn: ConnId,
+}
+
+impl Registration {
+    fn new(gateway: &Arc<Gateway>, entry: &Arc<SessionEntry>) -> Registration {
+        gateway.sessions.insert(Arc::clone(entry));
+        gateway.metrics.connections.increment(1.0);
+        Registration { gateway: Arc::clone(gateway), conn: entry.conn }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.gateway.sessions.remove(self.conn);
+        self.gateway.metrics.connections.decrement(1.0);
+    }
 }
 
 /// Why the reader stopped.
@@ -199,10 +222,10 @@ impl Session {
         let ws = &self.gateway.config.websocket;
         let heartbeat = Duration::from_millis(ws.heartbeat_ms);
         let patience = heartbeat + Duration::from_millis(ws.heartbeat_timeout_ms);
-        let mut pings = interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut pings = interval_at(deadline_after(heartbeat), heartbeat);
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut alive_until = tokio::time::Instant::now() + patience;
-        let expires_at = token_deadline(self.claims.exp + self.gateway.config.auth.jwt_leeway_secs);
+        let mut alive_until = deadline_after(patience);
+        let expires_at = token_deadline(self.claims.exp, self.gateway.config.auth.jwt_leeway_secs);
         loop {
             let message = tokio::select! {
                 _ = sleep_until(expires_at) => return ReaderEnd::Close(CloseCode::TokenExpired),
@@ -225,7 +248,7 @@ impl Session {
                     return ReaderEnd::Gone;
                 }
             };
-            alive_until = tokio::time::Instant::now() + patience;
+            alive_until = deadline_after(patience);
             match message {
                 Message::Text(text) => {
                     if let Some(code) = self.handle_text(&text).await {
@@ -238,7 +261,14 @@ impl Session {
                     }
                 }
                 Message::Close(_) => return ReaderEnd::PeerClosed,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                // Control frames cost a read (and a ping an automatic pong):
+                // they take a request token like everything else.
+                Message::Ping(_) | Message::Pong(_) => {
+                    if let RateDecision::Close(code) = self.rate_limit(false, None) {
+                        return ReaderEnd::Close(code);
+                    }
+                }
+                Message::Frame(_) => {}
             }
         }
     }
@@ -290,11 +320,8 @@ impl Session {
             }
         };
         let id = envelope.id;
-        let is_publish = match &envelope.request {
-            Request::Pong => return None,
-            Request::Publish { .. } => true,
-            _ => false,
-        };
+        // A `pong` takes a request token too (it is never answered).
+        let is_publish = matches!(envelope.request, Request::Publish { .. });
         match self.rate_limit(is_publish, id) {
             RateDecision::Close(code) => return Some(code),
             RateDecision::Refused => return None,
@@ -609,7 +636,10 @@ where
     sink.flush().await
 }
 
-fn token_deadline(exp: u64) -> tokio::time::Instant {
+/// When a token with expiry `exp` stops being accepted (`exp + leeway`), as
+/// a timer deadline. Any `exp` is fine: one far away means no timer fires.
+fn token_deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix))
+    let remaining = exp.saturating_add(leeway).saturating_sub(now_unix);
+    deadline_after(Duration::from_secs(remaining))
 }

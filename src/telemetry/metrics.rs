@@ -39,6 +39,11 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_opened: Counter,
     pub handshakes_rejected: Counter,
+    /// TCP connections closed before any HTTP response because
+    /// `limits.max_pending_handshakes` was reached.
+    pub rejected_pending_handshakes: Counter,
+    /// The same for `limits.pending_handshakes_per_ip`.
+    pub rejected_pending_handshakes_per_ip: Counter,
     pub joins: Counter,
     pub leaves: Counter,
     pub publishes: Counter,
@@ -69,6 +74,12 @@ impl Metrics {
             connections: gauge!("starling_connections", "node" => node.clone()),
             connections_opened: counter!("starling_connections_opened_total", "node" => node.clone()),
             handshakes_rejected: counter!("starling_handshakes_rejected_total", "node" => node.clone()),
+            rejected_pending_handshakes: counter!(
+                "starling_connections_rejected_total", "node" => node.clone(), "reason" => "pending_handshakes"
+            ),
+            rejected_pending_handshakes_per_ip: counter!(
+                "starling_connections_rejected_total", "node" => node.clone(), "reason" => "pending_handshakes_per_ip"
+            ),
             joins: counter!("starling_joins_total", "node" => node.clone()),
             leaves: counter!("starling_leaves_total", "node" => node.clone()),
             publishes: counter!("starling_publishes_total", "node" => node.clone()),

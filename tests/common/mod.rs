@@ -216,3 +216,28 @@ pub async fn api(node: &Node, method: &str, path: &str, body: &str) -> HttpRespo
     let auth = format!("Bearer {API_KEY}");
     http(node.api_addr(), method, path, &[("Authorization", &auth)], body).await
 }
+
+/// The value of the first `/metrics` line containing every part of `series`
+/// (metric name and labels), if there is one.
+pub async fn metric(node: &Node, series: &[&str]) -> Option<f64> {
+    let text = http(node.api_addr(), "GET", "/metrics", &[], "").await.body;
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| series.iter().all(|part| line.contains(part)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Waits until the metric in `series` exists and satisfies `check`, or
+/// panics after `PATIENCE`.
+pub async fn wait_for_metric(node: &Node, series: &[&str], check: impl Fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value = metric(node, series).await;
+        if value.is_some_and(&check) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {series:?}; last {value:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

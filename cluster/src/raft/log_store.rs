@@ -41,12 +41,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`. Its folder (the node's
+    /// `data_dir`) is made 0700 and the file 0600, also when an older
+    /// version left them open to others.
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_write)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            private::create_dir(parent).map_err(io_write)?;
         }
         let db = Database::create(path).map_err(io_write)?;
+        private::restrict(path);
         let txn = db.begin_write().map_err(io_write)?;
         txn.open_table(LOG).map_err(io_write)?;
         txn.open_table(META).map_err(io_write)?;
@@ -76,6 +79,46 @@ impl LogStore {
         let entry: Entry = codec::decode(last.1.value()).map_err(io_read)?;
         Ok(Some(entry.log_id))
     }
+}
+
+/// Files of the Raft log hold the cluster's state: owner access only.
+mod private {
+    use std::path::Path;
+
+    /// Creates `dir` and missing parents as 0700, and tightens it if it exists.
+    #[cfg(unix)]
+    pub(super) fn create_dir(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        restrict(dir);
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn create_dir(dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    /// Removes group and other permissions from `path`. A failure (a
+    /// mounted volume owned by another user) is logged, not fatal: the node
+    /// can still run, and the operator is told.
+    #[cfg(unix)]
+    pub(super) fn restrict(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let tightened = std::fs::metadata(path).and_then(|metadata| {
+            let mode = metadata.permissions().mode();
+            if mode & 0o077 == 0 {
+                return Ok(());
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))
+        });
+        if let Err(error) = tightened {
+            tracing::warn!(path = %path.display(), %error, "cannot restrict permissions to the owner");
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn restrict(_path: &Path) {}
 }
 
 pub(super) fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
