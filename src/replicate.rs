@@ -430,8 +430,13 @@ mod tests {
     #[test]
     fn a_committed_garbage_entry_is_skipped_counted_and_the_log_goes_on() {
         let mut applier = applier();
-        // The 11-byte proposal of the security review.
-        applier.apply(1, b"\x0bgarbage!!!");
+        // An 11-byte entry: one Join whose room name claims 2^62 bytes
+        // (it aborted every node, and again on every restart, before the
+        // decode was bounded).
+        let mut bomb = vec![0x01, 0x00, 0xfd];
+        bomb.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert_eq!(bomb.len(), 11);
+        applier.apply(1, &bomb);
         assert_eq!(applier.0.rejected_entries(), 1);
         assert_eq!(applier.0.applied_index(), 1);
         // An entry with one invalid command is skipped whole.
