@@ -27,7 +27,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 
 # Every Kubernetes file but kustomization.yaml (not a resource).
 k8s_files=()
-for name in configmap secret services statefulset poddisruptionbudget; do
+for name in configmap secret services statefulset poddisruptionbudget networkpolicy; do
   k8s_files+=("deploy/kubernetes/$name.yaml")
 done
 
@@ -73,7 +73,7 @@ else
   echo "-- skipped: python yaml module"; skipped+=(pyyaml)
 fi
 
-echo "-- config: starling check-config on deploy/config/starling.toml (alone, and as a cluster node)"
+echo "-- config: starling check-config on deploy/config/starling.toml (alone, and as a cluster node with and without certificates)"
 cargo build --quiet --bin starling
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target_dir/debug/starling"
@@ -82,10 +82,26 @@ unset_starling=()
 for var in $(compgen -e | grep '^STARLING_' || true); do unset_starling+=(-u "$var"); done
 secrets=("${unset_starling[@]}" STARLING_AUTH__JWT_HS256_SECRET=check-only-0123456789abcdef0123456789 STARLING_AUTH__API_KEY=check-only-0123456789)
 env "${secrets[@]}" "$bin" check-config deploy/config/starling.toml >/dev/null
-env "${secrets[@]}" STARLING_NODE__NAME=starling-0 STARLING_LISTEN__PEER=10.1.2.3:7801 \
-  STARLING_LISTEN__GOSSIP=10.1.2.3:7901 STARLING_CLUSTER__BOOTSTRAP_EXPECT=3 \
-  STARLING_CLUSTER__SEEDS='["starling-0.starling-headless:7901","starling-1.starling-headless:7901"]' \
+cluster_node=("${secrets[@]}" STARLING_NODE__NAME=starling-0 STARLING_LISTEN__PEER=10.1.2.3:7801
+  STARLING_LISTEN__GOSSIP=10.1.2.3:7901 STARLING_CLUSTER__BOOTSTRAP_EXPECT=3
+  STARLING_CLUSTER__SEEDS='["starling-0.starling-headless:7901","starling-1.starling-headless:7901"]')
+# The certificates a deployment mounts at /etc/starling/certs, made by the
+# binary itself and passed as the overrides a pod or container would set.
+certs="$tmp/certs"
+"$bin" cert create-ca --dir "$certs" >/dev/null
+"$bin" cert create-node starling-0 --dir "$certs" >/dev/null
+env "${cluster_node[@]}" STARLING_CLUSTER__TLS__CA="$certs/ca.crt" \
+  STARLING_CLUSTER__TLS__CERT="$certs/starling-0.crt" STARLING_CLUSTER__TLS__KEY="$certs/starling-0.key" \
+  STARLING_CLUSTER__GOSSIP_KEY_FILE="$certs/gossip.key" \
   "$bin" check-config deploy/config/starling.toml >/dev/null
+# Without readable certificates a cluster node is refused, never run insecure.
+if env "${cluster_node[@]}" STARLING_CLUSTER__TLS__CA="$certs/missing.crt" \
+  STARLING_CLUSTER__TLS__CERT="$certs/starling-0.crt" STARLING_CLUSTER__TLS__KEY="$certs/starling-0.key" \
+  STARLING_CLUSTER__GOSSIP_KEY_FILE="$certs/gossip.key" \
+  "$bin" check-config deploy/config/starling.toml >/dev/null 2>&1; then
+  echo "deploy/config/starling.toml: a cluster node without its CA file passed check-config" >&2
+  exit 1
+fi
 
 if have nginx; then
   # The shipped config with each set of shipped site files; only the example
