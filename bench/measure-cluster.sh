@@ -32,8 +32,9 @@ security_env() {
 }
 echo "peer security: $PEER_SECURITY"
 for n in 1 2 3; do
-  # shellcheck disable=SC2046 # one word per variable
-  env $(security_env $n) STARLING_NODE__NAME=bench-$n STARLING_NODE__DATA_DIR=$DATA/node-$n \
+  security=$(security_env $n)
+  # shellcheck disable=SC2086 # one word per variable
+  env $security STARLING_NODE__NAME=bench-$n STARLING_NODE__DATA_DIR=$DATA/node-$n \
   STARLING_LISTEN__CLIENT=127.0.0.1:762$n STARLING_LISTEN__API=127.0.0.1:772$n \
   STARLING_LISTEN__PEER=127.0.0.1:782$n STARLING_LISTEN__GOSSIP=127.0.0.1:792$n \
   STARLING_CLUSTER__BOOTSTRAP_EXPECT=3 STARLING_CLUSTER__SEEDS="$SEEDS" \

@@ -93,7 +93,11 @@ impl ClusterRuntime {
                 .context("starting raft")?;
         let links = PeerLinks::new(name, peer_transport, Arc::clone(&group), Arc::clone(shared));
         hub.set_remote(links.clone());
-        let app = Arc::new(AppHandler { hub: Arc::clone(hub), shared: Arc::clone(shared) });
+        let app = Arc::new(AppHandler {
+            hub: Arc::clone(hub),
+            shared: Arc::clone(shared),
+            group: Arc::clone(&group),
+        });
         // Not tracked: it ends with `transport.shutdown()`, the last step.
         tokio::spawn(Arc::clone(&transport).serve(peer_listener, group.handler(app)));
 

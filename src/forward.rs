@@ -308,6 +308,8 @@ impl RemoteFanout for PeerLinks {
 pub struct AppHandler {
     pub hub: Arc<Hub>,
     pub shared: Arc<SharedTable>,
+    /// Who is a member (only members may forward publishes).
+    pub group: Arc<RaftGroup>,
 }
 
 impl PeerHandler for AppHandler {
@@ -317,13 +319,23 @@ impl PeerHandler for AppHandler {
         body: Vec<u8>,
         trace: Option<String>,
     ) -> BoxFuture<Result<Vec<u8>, String>> {
-        let (hub, shared, from) = (Arc::clone(&self.hub), Arc::clone(&self.shared), from.name.clone());
+        let (hub, shared, group, peer) =
+            (Arc::clone(&self.hub), Arc::clone(&self.shared), Arc::clone(&self.group), from.clone());
         Box::pin(async move {
+            let from = peer.name.clone();
             let AppMessage::Publish { room: room_name, data, from: sender, min_index, published_us } =
                 codec::decode::<AppMessage>(&body).map_err(|e| e.to_string())?
             else {
                 return Err(format!("unexpected request from {from}"));
             };
+            // Only a member forwards publishes, and only its own clients'.
+            let own_tag = crate::config::incarnation_tag(&peer.name, peer.incarnation);
+            let senders_own = sender.as_ref().is_none_or(|(_, conn)| conn.incarnation_tag() == own_tag);
+            if !group.is_member(&peer) || !senders_own {
+                group.record_refusal();
+                debug!(peer = %from, "refusing a forwarded publish");
+                return Err("not authorized".into());
+            }
             let published_at = instant_from_unix_micros(published_us);
             let span = telemetry::remote_sequence_span(&room_name, &from, trace.as_deref());
             let room = room_name;

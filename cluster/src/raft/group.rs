@@ -284,6 +284,11 @@ impl RaftGroup {
         self.refused_unauthorized.load(Ordering::Relaxed)
     }
 
+    /// Counts a peer message the application refused because of its sender.
+    pub fn record_refusal(&self) {
+        self.refused_unauthorized.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether `peer` is a voter or learner of the group as this node knows it.
     pub fn is_member(&self, peer: &PeerIdentity) -> bool {
         let metrics = self.raft.metrics();
@@ -330,6 +335,7 @@ impl RaftGroup {
         command: Vec<u8>,
     ) -> Result<Vec<u8>, ProposeRefusal> {
         if let Err(reason) = self.validator.validate(Some(from), &command) {
+            self.record_refusal();
             warn!(peer = %from.name, %reason, "refusing a forwarded proposal");
             return Err(ProposeRefusal::Invalid(reason));
         }

@@ -66,6 +66,9 @@ type BoxStream = Box<dyn PeerStream>;
 /// waiting are written in the next one).
 const WRITE_BATCH_BYTES: usize = 64 << 10;
 
+/// Inbound peer connections in their TLS handshake and hello at once, at most.
+const MAX_PENDING_PEER_HANDSHAKES: usize = 64;
+
 /// What a refused peer is told: never what this node expected.
 const REFUSED: &str = "handshake refused";
 
@@ -263,18 +266,26 @@ impl TcpTransport {
         }
     }
 
-    /// Serves peers that dial this node until shutdown.
+    /// Serves peers that dial this node until shutdown. At most
+    /// `MAX_PENDING_PEER_HANDSHAKES` connections are in their handshake at
+    /// once (each for at most `connect_timeout`); more are closed at once.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, handler: SharedHandler) {
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_PEER_HANDSHAKES));
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
             let Ok((stream, remote)) = accepted else { continue };
+            let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
+                debug!(%remote, "too many peer handshakes under way; closing");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (this, handler) = (Arc::clone(&self), Arc::clone(&handler));
             tokio::spawn(async move {
-                if let Err(reason) = this.serve_connection(stream, handler).await {
+                if let Err(reason) = this.serve_connection(stream, handler, permit).await {
                     debug!(%remote, %reason, "inbound peer connection ended");
                 }
             });
@@ -346,8 +357,14 @@ impl TcpTransport {
         Ok((stream, PeerIdentity { name: node, incarnation }))
     }
 
-    async fn serve_connection(&self, tcp: TcpStream, handler: SharedHandler) -> Result<(), String> {
+    async fn serve_connection(
+        &self,
+        tcp: TcpStream,
+        handler: SharedHandler,
+        handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), String> {
         let (stream, peer) = self.accept_peer(tcp).await?;
+        drop(handshake_permit);
         info!(peer = %peer.name, incarnation = peer.incarnation, "peer connected");
         let (reader, mut writer) = tokio::io::split(stream);
         // Every response holds a permit until written: at most
