@@ -93,7 +93,16 @@ async fn three_nodes_form_one_group_and_a_join_is_visible_in_presence_on_every_n
         let members = reader.presence("chat:g1").await.unwrap();
         assert!(members.iter().any(|m| m.user == "alice" && m.node == "node-1"), "{members:?}");
     }
-    let cluster = api(&nodes[2], "GET", "/api/cluster", "").await.json();
+    // `/api/cluster` lists gossip's live nodes: the last node started sees
+    // the others within a few gossip rounds.
+    let deadline = Instant::now() + PATIENCE;
+    let cluster = loop {
+        let cluster = api(&nodes[2], "GET", "/api/cluster", "").await.json();
+        if cluster["nodes"].as_array().is_some_and(|nodes| nodes.len() == 3) || Instant::now() > deadline {
+            break cluster;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(cluster["nodes"].as_array().unwrap().len(), 3, "{cluster}");
     assert!(cluster["leader"].is_string(), "{cluster}");
     stop_all(nodes).await;
