@@ -156,9 +156,21 @@ impl ClusterRuntime {
             return;
         }
         let started = Instant::now();
-        let change = self.group.raft().change_membership(voters, false);
-        match tokio::time::timeout(Duration::from_secs(3), change).await {
-            Ok(Ok(_)) => info!(
+        // A change the autopilot started may still be under way: retry
+        // until it is done, within the deadline.
+        let leave = async {
+            loop {
+                match self.group.raft().change_membership(voters.clone(), false).await {
+                    Ok(_) => return Ok(()),
+                    Err(error) if error.to_string().contains("already undergoing a configuration change") => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(3), leave).await {
+            Ok(Ok(())) => info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "left the voters; leadership handed over"
             ),
