@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::Serialize;
 use starling_cluster::faults::{FaultyGossip, FaultyPeerTransport, LinkFaults};
@@ -162,9 +163,9 @@ impl ClusterRuntime {
             loop {
                 match self.group.raft().change_membership(voters.clone(), false).await {
                     Ok(_) => return Ok(()),
-                    Err(error) if error.to_string().contains("already undergoing a configuration change") => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                        ChangeMembershipError::InProgress(_),
+                    ))) => tokio::time::sleep(Duration::from_millis(50)).await,
                     Err(error) => return Err(error),
                 }
             }

@@ -893,6 +893,48 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_tls_and_a_gossip_key_or_insecure_on_loopback_only() {
+        let cluster = "[cluster]\nbootstrap_expect = 3\nseeds = [\"127.0.0.1:7901\"]\n";
+        let error = load(cluster, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `cluster.tls`") && error.contains("gossip_key"), "{error}");
+        assert!(load(&format!("{cluster}insecure = true\n"), &[]).is_ok(), "insecure on loopback");
+        let exposed = format!(
+            "[listen]\npeer = \"10.1.2.3:7801\"\n{cluster}insecure = true\n[auth]\njwt_hs256_secret = \"{}\"\napi_key = \"{}\"\n",
+            "s".repeat(32),
+            "k".repeat(16)
+        );
+        let error = load(&exposed, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `cluster.insecure`"), "{error}");
+        let mixed = format!("{cluster}insecure = true\ngossip_key = \"x\"\n");
+        assert!(load(&mixed, &[]).unwrap_err().to_string().starts_with("config key `cluster.insecure`"));
+
+        let dir = std::env::temp_dir().join(format!("starling-config-cluster-{}", rand::random::<u64>()));
+        crate::certs::create_ca(&dir.join("certs")).unwrap();
+        crate::certs::create_node("node-1", &dir.join("certs"), &[]).unwrap();
+        let tls =
+            "[cluster.tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node-1.crt\"\nkey = \"certs/node-1.key\"\n";
+        let load_file = |text: &str| {
+            let path = dir.join("node.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), Vec::new())
+        };
+        let no_key = load_file(&format!("{cluster}{tls}")).unwrap_err().to_string();
+        assert!(no_key.starts_with("config key `cluster.gossip_key`"), "{no_key}");
+        let secure = format!("{cluster}gossip_key_file = \"certs/gossip.key\"\n{tls}");
+        let config = load_file(&secure).unwrap();
+        assert!(config.cluster_security().unwrap().is_some());
+        let wrong_name = load_file(&format!("[node]\nname = \"node-2\"\n{secure}")).unwrap_err().to_string();
+        assert!(wrong_name.starts_with("config key `cluster.tls.cert`"), "{wrong_name}");
+        let bad_key =
+            load_file(&format!("{cluster}gossip_key = \"c2hvcnQ=\"\n{tls}")).unwrap_err().to_string();
+        assert!(
+            bad_key.starts_with("config key `cluster.gossip_key`") && !bad_key.contains("c2hvcnQ"),
+            "{bad_key}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn the_demo_page_is_refused_on_a_non_loopback_api_listener() {
         let secrets =
             format!("[auth]\njwt_hs256_secret = \"{}\"\napi_key = \"{}\"\n", "s".repeat(32), "k".repeat(16));

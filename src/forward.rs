@@ -170,6 +170,7 @@ impl PeerLinks {
 
     /// Whether `member`'s peer address answered a link handshake as that
     /// node and incarnation (with TLS: a certificate valid for its name).
+    /// Opens the link if there is none yet, so a later call can say yes.
     pub fn is_authenticated(&self, member: &starling_cluster::membership::ClusterMember) -> bool {
         self.transport.warm(&member.peer_addr.to_string());
         self.transport
@@ -217,16 +218,16 @@ impl PeerLinks {
             .map(|s| (s.dropped_queue_full.load(Relaxed), s.dropped_link_lost.load(Relaxed)))
     }
 
-    /// Peer input refused so far by the links and Raft, by reason, for
-    /// `starling_peer_rejected_total` (the hub counts refused deliveries).
-    pub fn rejection_counts(&self) -> Vec<(&'static str, u64)> {
+    /// Peer input refused so far, by reason, for `starling_peer_rejected_total`;
+    /// `refused_deliveries` (counted by the hub) are `unauthorized` too.
+    pub fn rejection_counts(&self, refused_deliveries: u64) -> Vec<(&'static str, u64)> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut counts = Vec::new();
         if let Some(stats) = self.transport.stats() {
             counts.push(("tls", stats.rejected_tls.load(Relaxed)));
             counts.push(("handshake", stats.rejected_handshake.load(Relaxed)));
         }
-        counts.push(("unauthorized", self.group.refused_unauthorized()));
+        counts.push(("unauthorized", self.group.refused_unauthorized() + refused_deliveries));
         if let Some(gossip) = self.gossip_stats.get() {
             counts.push(("gossip_unauthenticated", gossip.rejected_unauthenticated.load(Relaxed)));
             counts.push(("gossip_malformed", gossip.rejected_malformed.load(Relaxed)));

@@ -67,13 +67,7 @@ fn scrape(state: &ApiState) -> telemetry::Scrape {
     if let Some(links) = &state.links {
         scrape.links = links.link_scrape();
         scrape.peer_drops = links.drop_counts();
-        scrape.peer_rejected = links.rejection_counts();
-        let refused_deliveries = state.gateway.hub.refused_deliveries();
-        for (reason, count) in &mut scrape.peer_rejected {
-            if *reason == "unauthorized" {
-                *count += refused_deliveries;
-            }
-        }
+        scrape.peer_rejected = links.rejection_counts(state.gateway.hub.refused_deliveries());
     }
     scrape.raft_entries_rejected = state.gateway.replicator.shared().rejected_entries();
     scrape

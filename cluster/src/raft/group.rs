@@ -310,19 +310,16 @@ impl RaftGroup {
     /// this node was away, now leading). Proposals and read indexes come from
     /// members only.
     fn authorize(&self, from: &PeerIdentity, message: &PeerMessage) -> bool {
-        let own_id = Some(node_id(&from.name));
-        let current_term = || self.raft.metrics().borrow().current_term;
+        let speaks_for_itself =
+            |vote: &openraft::Vote<NodeId>| vote.leader_id().voted_for() == Some(node_id(&from.name));
         let known = || self.is_member(from) || self.is_unjoined();
+        let current_leader = |vote: &openraft::Vote<NodeId>| {
+            known() || vote.leader_id().get_term() >= self.raft.metrics().borrow().current_term
+        };
         match message {
-            PeerMessage::Vote(rpc) => rpc.vote.leader_id().voted_for() == own_id && known(),
-            PeerMessage::Append(rpc) => {
-                rpc.vote.leader_id().voted_for() == own_id
-                    && (known() || rpc.vote.leader_id().get_term() >= current_term())
-            }
-            PeerMessage::Snapshot(rpc) => {
-                rpc.vote.leader_id().voted_for() == own_id
-                    && (known() || rpc.vote.leader_id().get_term() >= current_term())
-            }
+            PeerMessage::Vote(rpc) => speaks_for_itself(&rpc.vote) && known(),
+            PeerMessage::Append(rpc) => speaks_for_itself(&rpc.vote) && current_leader(&rpc.vote),
+            PeerMessage::Snapshot(rpc) => speaks_for_itself(&rpc.vote) && current_leader(&rpc.vote),
             PeerMessage::Propose(_) | PeerMessage::ReadIndex => self.is_member(from),
             // The application authorises its own messages.
             PeerMessage::App(_) => true,

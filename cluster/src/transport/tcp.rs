@@ -230,25 +230,11 @@ impl TcpTransport {
 
     async fn pump(&self, stream: BoxStream, link: &Link, queue_rx: &mut mpsc::Receiver<Frame>) {
         let (reader, mut writer) = tokio::io::split(stream);
-        let write = async {
-            let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
-            while let Some(frame) = queue_rx.recv().await {
-                // Frames queued meanwhile go out in the same write.
-                let mut next = Some(frame);
-                while let Some(frame) = next.take() {
-                    if encode_frame(&frame, &mut out).is_ok() {
-                        link.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if out.len() < WRITE_BATCH_BYTES {
-                        next = queue_rx.try_recv().ok();
-                    }
-                }
-                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
-                    return;
-                }
-                out.clear();
+        let write = write_batched(&mut writer, queue_rx, |frame, out| {
+            if encode_frame(&frame, out).is_ok() {
+                link.sent.fetch_add(1, Ordering::Relaxed);
             }
-        };
+        });
         let read = async {
             let mut reader = BufReader::new(reader);
             while let Ok(frame) = read_frame(&mut reader).await {
@@ -370,24 +356,12 @@ impl TcpTransport {
         // Every response holds a permit until written: at most
         // `max_inbound_requests` are handled or waiting to be written.
         let permits = Arc::new(Semaphore::new(self.config.max_inbound_requests));
+        // Never full: a sender holds one of as many permits as it has slots.
         let (response_tx, mut response_rx) =
-            mpsc::unbounded_channel::<(Frame, tokio::sync::OwnedSemaphorePermit)>();
-        let write = async {
-            let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
-            while let Some((frame, permit)) = response_rx.recv().await {
-                let mut next = Some((frame, permit));
-                while let Some((frame, _permit)) = next.take() {
-                    let _ = encode_frame(&frame, &mut out);
-                    if out.len() < WRITE_BATCH_BYTES {
-                        next = response_rx.try_recv().ok();
-                    }
-                }
-                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
-                    return;
-                }
-                out.clear();
-            }
-        };
+            mpsc::channel::<(Frame, tokio::sync::OwnedSemaphorePermit)>(self.config.max_inbound_requests);
+        let write = write_batched(&mut writer, &mut response_rx, |(frame, _permit), out| {
+            let _ = encode_frame(&frame, out);
+        });
         let read = async {
             let mut reader = BufReader::new(reader);
             loop {
@@ -398,7 +372,7 @@ impl TcpTransport {
                             (Arc::clone(&handler), response_tx.clone(), peer.clone());
                         tokio::spawn(async move {
                             let body = handler.request(&from, body, traceparent).await;
-                            let _ = response_tx.send((Frame::Response { id, body }, permit));
+                            let _ = response_tx.send((Frame::Response { id, body }, permit)).await;
                         });
                     }
                     Ok(Frame::OneWay { body, traceparent }) => handler.one_way(&peer, body, traceparent),
@@ -413,6 +387,30 @@ impl TcpTransport {
             _ = self.shutdown.cancelled() => {}
         }
         Ok(())
+    }
+}
+
+/// Writes what `queue_rx` yields until it closes or a write fails; items
+/// queued meanwhile go out in the same write (one TLS record, one syscall),
+/// up to `WRITE_BATCH_BYTES`.
+async fn write_batched<W: AsyncWrite + Unpin, T>(
+    writer: &mut W,
+    queue_rx: &mut mpsc::Receiver<T>,
+    mut encode: impl FnMut(T, &mut Vec<u8>),
+) {
+    let mut out = Vec::with_capacity(WRITE_BATCH_BYTES);
+    while let Some(first) = queue_rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            encode(item, &mut out);
+            if out.len() < WRITE_BATCH_BYTES {
+                next = queue_rx.try_recv().ok();
+            }
+        }
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        out.clear();
     }
 }
 
