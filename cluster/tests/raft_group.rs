@@ -144,6 +144,41 @@ async fn memory_group(network: &Arc<MemoryNetwork>, dir: &std::path::Path) -> Ve
     members
 }
 
+/// Three nodes over real TCP links (`tls` gives each node's TLS settings),
+/// formed, with one command proposed and applied everywhere.
+async fn tcp_group(
+    dir: &std::path::Path,
+    tls: impl Fn(&str) -> Option<PeerTls>,
+) -> (Vec<Member>, Vec<Arc<TcpTransport>>) {
+    let mut members = Vec::new();
+    let mut transports = Vec::new();
+    for i in 1..=3 {
+        let name = format!("node-{i}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut transport_config = TcpTransportConfig::new("test-cluster", &name);
+        transport_config.tls = tls(&name);
+        let tcp = TcpTransport::new(transport_config);
+        let log: Log = Arc::default();
+        let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
+        let transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&tcp));
+        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
+            .await
+            .unwrap();
+        tokio::spawn(Arc::clone(&tcp).serve(listener, group.handler(Arc::new(NoApp))));
+        transports.push(tcp);
+        members.push(Member { name, addr, group, log });
+    }
+    members[0].group.initialize(voters(&members)).await.unwrap();
+    let all: Vec<&Member> = members.iter().collect();
+    wait_for("one leader over tcp", || leader_of(&all)).await;
+    members[2].group.propose(b"first".to_vec()).await.unwrap();
+    for member in &members {
+        wait_for("applied everywhere", || (member.log.lock().unwrap().len() == 1).then_some(())).await;
+    }
+    (members, transports)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_one_leader_and_apply_proposals_from_any_node_in_one_order() {
     let network = MemoryNetwork::new();
@@ -248,32 +283,7 @@ async fn peers_that_are_not_members_or_speak_for_another_node_are_refused() {
 async fn three_nodes_replicate_over_mutual_tls_and_strangers_get_nowhere() {
     let dir = temp_dir();
     let ca = TestCa::new();
-    let mut members = Vec::new();
-    let mut transports = Vec::new();
-    for i in 1..=3 {
-        let name = format!("node-{i}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let mut transport_config = TcpTransportConfig::new("test-cluster", &name);
-        transport_config.tls = Some(ca.tls(&name, &name).unwrap());
-        let tcp = TcpTransport::new(transport_config);
-        let log: Log = Arc::default();
-        let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
-        let transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&tcp));
-        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
-            .await
-            .unwrap();
-        tokio::spawn(Arc::clone(&tcp).serve(listener, group.handler(Arc::new(NoApp))));
-        transports.push(tcp);
-        members.push(Member { name, addr, group, log });
-    }
-    members[0].group.initialize(voters(&members)).await.unwrap();
-    let all: Vec<&Member> = members.iter().collect();
-    wait_for("one leader over tls", || leader_of(&all)).await;
-    members[2].group.propose(b"over-tls".to_vec()).await.unwrap();
-    for member in &members {
-        wait_for("applied everywhere", || (member.log.lock().unwrap().len() == 1).then_some(())).await;
-    }
+    let (members, transports) = tcp_group(&dir, |name| Some(ca.tls(name, name).unwrap())).await;
     let target = &members[0].addr;
     let stats = &transports[0].stats;
     let rejected =
@@ -340,30 +350,7 @@ async fn a_certificate_not_valid_for_the_node_name_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_over_tcp_and_a_foreign_cluster_is_refused() {
     let dir = temp_dir();
-    let mut members = Vec::new();
-    let mut transports = Vec::new();
-    for i in 1..=3 {
-        let name = format!("node-{i}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let tcp = TcpTransport::new(TcpTransportConfig::new("test-cluster", &name));
-        let log: Log = Arc::default();
-        let config = GroupConfig::new(&name, &addr, dir.join(format!("{name}.redb")));
-        let transport: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&tcp));
-        let group = RaftGroup::start(config, Box::new(Recorder(log.clone())), Arc::new(AcceptAll), transport)
-            .await
-            .unwrap();
-        tokio::spawn(Arc::clone(&tcp).serve(listener, group.handler(Arc::new(NoApp))));
-        transports.push(tcp);
-        members.push(Member { name, addr, group, log });
-    }
-    members[0].group.initialize(voters(&members)).await.unwrap();
-    let all: Vec<&Member> = members.iter().collect();
-    wait_for("one leader over tcp", || leader_of(&all)).await;
-    members[2].group.propose(b"over-tcp".to_vec()).await.unwrap();
-    for member in &members {
-        wait_for("applied everywhere", || (member.log.lock().unwrap().len() == 1).then_some(())).await;
-    }
+    let (members, transports) = tcp_group(&dir, |_| None).await;
 
     // A node of another cluster cannot talk to these.
     let stranger = TcpTransport::new(TcpTransportConfig::new("other-cluster", "stranger"));
