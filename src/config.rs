@@ -817,17 +817,6 @@ impl NamespacePolicies {
     }
 }
 
-/// The incarnation tag of connection ids minted by this process.
-/// Node names are unique in a cluster, so nodes booted in the same
-/// millisecond still get different tags (up to the 24-bit hash).
-pub fn incarnation_tag(node: &str, incarnation: u64) -> u32 {
-    let name_hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let mixed = (incarnation ^ name_hash).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (mixed >> 40) as u32 & 0xff_ffff
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,7 +330,7 @@ impl PeerHandler for AppHandler {
                 return Err(format!("unexpected request from {from}"));
             };
             // Only a member forwards publishes, and only its own clients'.
-            let own_tag = crate::config::incarnation_tag(&peer.name, peer.incarnation);
+            let own_tag = ConnId::tag_of(&peer.name, peer.incarnation);
             let senders_own = sender.as_ref().is_none_or(|(_, conn)| conn.incarnation_tag() == own_tag);
             if !group.is_member(&peer) || !senders_own {
                 group.record_refusal();

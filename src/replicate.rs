@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::gateway::Hub;
-use crate::protocol::RoomName;
+use crate::protocol::{ConnId, RoomName};
 use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot};
 
 /// Why a command was not applied or a read could not be served.
@@ -170,7 +170,7 @@ impl ProposalValidator for CommandValidator {
         let Some(peer) = proposer else {
             return Ok(());
         };
-        let own_tag = crate::config::incarnation_tag(&peer.name, peer.incarnation);
+        let own_tag = ConnId::tag_of(&peer.name, peer.incarnation);
         for command in &commands {
             let allowed = match command {
                 RoomCommand::Join { member, .. } => {
@@ -394,7 +394,6 @@ mod tests {
     use super::*;
     use crate::config::NamespacePolicies;
     use crate::gateway::Sessions;
-    use crate::protocol::ConnId;
     use crate::rooms::MemberRecord;
     use proptest::prelude::*;
 
@@ -414,7 +413,7 @@ mod tests {
             room: RoomName::parse("chat:a").unwrap(),
             member: MemberRecord {
                 user: user.into(),
-                conn: ConnId::new(crate::config::incarnation_tag(node, incarnation), 1),
+                conn: ConnId::new(ConnId::tag_of(node, incarnation), 1),
                 node: node.into(),
                 incarnation,
                 meta: meta.into(),
@@ -460,8 +459,8 @@ mod tests {
         assert!(validate(Some(&node_2), vec![join("u", "node-2", 5, "{}")]).is_ok());
         assert!(validate(Some(&node_2), vec![join("u", "node-1", 5, "{}")]).is_err());
         assert!(validate(Some(&node_2), vec![join("u", "node-2", 6, "{}")]).is_err());
-        let own_conn = ConnId::new(crate::config::incarnation_tag("node-2", 5), 9);
-        let other_conn = ConnId::new(crate::config::incarnation_tag("node-1", 5), 9);
+        let own_conn = ConnId::new(ConnId::tag_of("node-2", 5), 9);
+        let other_conn = ConnId::new(ConnId::tag_of("node-1", 5), 9);
         assert!(validate(Some(&node_2), vec![RoomCommand::ConnGone { conn: own_conn }]).is_ok());
         assert!(validate(Some(&node_2), vec![RoomCommand::ConnGone { conn: other_conn }]).is_err());
         let evict = |node: &str, incarnation| RoomCommand::EvictNode { node: node.into(), incarnation };

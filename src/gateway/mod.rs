@@ -81,7 +81,7 @@ impl Gateway {
         Gateway {
             node: Arc::from(config.node.name.as_str()),
             incarnation: parts.incarnation,
-            conn_tag: crate::config::incarnation_tag(&config.node.name, parts.incarnation),
+            conn_tag: ConnId::tag_of(&config.node.name, parts.incarnation),
             next_conn: AtomicU64::new(1),
             origins: OriginPolicy::new(&config.auth.allowed_origins),
             connection_permits: Arc::new(Semaphore::new(config.limits.max_connections)),

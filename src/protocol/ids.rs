@@ -17,6 +17,17 @@ impl ConnId {
         ConnId((u64::from(incarnation_tag & 0xff_ffff) << 40) | (counter & 0xff_ffff_ffff))
     }
 
+    /// The incarnation tag of connection ids minted by this process.
+    /// Node names are unique in a cluster, so nodes booted in the same
+    /// millisecond still get different tags (up to the 24-bit hash).
+    pub fn tag_of(node: &str, incarnation: u64) -> u32 {
+        let name_hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let mixed = (incarnation ^ name_hash).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> 40) as u32 & 0xff_ffff
+    }
+
     /// The hash of the node incarnation that accepted the connection.
     pub fn incarnation_tag(self) -> u32 {
         (self.0 >> 40) as u32
