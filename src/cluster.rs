@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::fanout::Hub;
 use crate::forward::{AppHandler, PeerLinks};
-use crate::gateway::Hub;
 use crate::replicate::{CommandValidator, Replicator, SharedTable, TableApplier};
 use crate::rooms::RoomCommand;
 
@@ -92,12 +92,12 @@ impl ClusterRuntime {
             RaftGroup::start(group_config, applier, Arc::new(CommandValidator), Arc::clone(&peer_transport))
                 .await
                 .context("starting raft")?;
-        let links = PeerLinks::new(name, peer_transport, Arc::clone(&group), Arc::clone(shared));
+        let links = PeerLinks::new(name, peer_transport, Arc::clone(&group) as _, Arc::clone(shared));
         hub.set_remote(links.clone());
         let app = Arc::new(AppHandler {
             hub: Arc::clone(hub),
             shared: Arc::clone(shared),
-            group: Arc::clone(&group),
+            group: Arc::clone(&group) as _,
         });
         // Not tracked: it ends with `transport.shutdown()`, the last step.
         tokio::spawn(Arc::clone(&transport).serve(peer_listener, group.handler(app)));

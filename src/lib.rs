@@ -5,20 +5,28 @@
 //! - [`config`]: typed configuration, defaults, env overrides, validation.
 //! - [`protocol`]: the client wire contract v1 (frames, error and close codes); no I/O.
 //! - [`rooms`]: the pure room/presence state machine, `apply(command) -> effects`.
-//! - [`replicate`]: the one place room commands are ordered and applied.
-//! - [`cluster`]: gossip, Raft and peer links for a node, and the autopilot.
+//! - [`replicate`]: the one place room commands are ordered and applied;
+//!   applied effects go out through the `EffectsObserver` trait.
+//! - [`fanout`]: protocol-neutral sequencing, local fan-out, outbound queues,
+//!   the session registry.
 //! - [`forward`]: publish routing to a room's owner node, and deliveries from it.
-//! - [`gateway`]: client WebSocket listener, admission, sessions, fan-out.
-//! - [`api`]: HTTP server API, health, readiness, metrics, demo page (warp).
+//! - [`service`]: the protocol-neutral room service (join, leave, publish,
+//!   presence, the join point); every room policy is checked there.
+//! - [`cluster`]: gossip, Raft and peer links for a node, and the autopilot.
+//! - [`gateway`]: client WebSocket listener, admission, one adapter per wire
+//!   protocol (`gateway::starling`).
+//! - [`api`]: HTTP server API, health, readiness, metrics, demo page.
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
 //! - [`telemetry`]: logging and metrics.
 //! - [`certs`]: `starling cert`: the cluster CA, node certificates, the gossip key.
 //! - [`tls`]: PEM certificates and keys, rustls configurations.
 //! - [`node`]: the composition root that builds and stops all of the above.
 //!
-//! Dependencies point one way: `node` uses everything; `gateway` and `api`
-//! use `protocol`, `rooms`, `auth` and `replicate`; `rooms` uses only ids
-//! from `protocol`; `protocol`, `rooms` and `config` do no I/O.
+//! Dependencies point one way (`tests/module_graph.rs` checks it):
+//! `node` -> `gateway`, `api` -> `service` -> `forward` -> `fanout` ->
+//! `replicate` -> `rooms` -> `protocol`; `cluster` wires `forward`,
+//! `fanout` and `replicate` to the `starling-cluster` crate; `protocol`,
+//! `rooms` and `config` do no I/O.
 
 #![forbid(unsafe_code)]
 
@@ -27,13 +35,17 @@ pub mod auth;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod fanout;
 pub mod forward;
 pub mod gateway;
 pub mod node;
 pub mod protocol;
 pub mod replicate;
 pub mod rooms;
+pub mod service;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 
 pub use config::Config;

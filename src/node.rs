@@ -22,10 +22,12 @@ use crate::api::{self, ApiState};
 use crate::auth::JwtVerifier;
 use crate::cluster::{Announce, Autopilot, ClusterRuntime};
 use crate::config::{Config, NamespacePolicies};
+use crate::fanout::{Hub, Sessions};
 use crate::forward::Router;
-use crate::gateway::{self, Gateway, GatewayParts, Hub, Sessions};
+use crate::gateway::{self, Gateway, GatewayParts};
 use crate::protocol::CloseCode;
 use crate::replicate::{Replicator, SharedTable, TableStats};
+use crate::service::{RoomService, ServiceParts};
 use crate::telemetry::{self, Metrics};
 use starling_cluster::faults::LinkFaults;
 use starling_cluster::membership::Membership;
@@ -115,7 +117,7 @@ impl Node {
             Arc::clone(&namespaces),
             metrics.clone(),
         ));
-        let shared = SharedTable::new(Arc::clone(&hub));
+        let shared = SharedTable::new(Arc::clone(&hub) as Arc<dyn crate::replicate::EffectsObserver>);
         let stop_all = CancellationToken::new();
         let background = TaskTracker::new();
         let (replicator, router, cluster) = if config.is_cluster() {
@@ -128,15 +130,21 @@ impl Node {
         } else {
             (Arc::new(Replicator::local(shared)), Arc::new(Router::local(Arc::clone(&hub))), None)
         };
+        let service = Arc::new(RoomService::new(ServiceParts {
+            incarnation,
+            config: Arc::clone(&config),
+            namespaces,
+            hub,
+            replicator: Arc::clone(&replicator),
+            router,
+            metrics: metrics.clone(),
+        }));
         let gateway = Arc::new(Gateway::new(GatewayParts {
             config: Arc::clone(&config),
             incarnation,
             verifier,
-            namespaces,
             sessions,
-            hub,
-            replicator: Arc::clone(&replicator),
-            router,
+            service,
             metrics,
         }));
         if let Some(runtime) = &cluster {
@@ -279,13 +287,13 @@ impl Node {
     }
 
     pub fn stats(&self) -> NodeStats {
-        let hub = &self.gateway.hub;
+        let service = &self.gateway.service;
         NodeStats {
             sessions: self.gateway.sessions.len(),
             connection_tasks: self.connections.len(),
-            hub_rooms: hub.room_count(),
-            subscriptions: hub.subscription_count(),
-            table: self.gateway.replicator.stats(),
+            hub_rooms: service.hub().room_count(),
+            subscriptions: service.hub().subscription_count(),
+            table: service.replicator().stats(),
         }
     }
 

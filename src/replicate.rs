@@ -2,8 +2,8 @@
 //!
 //! Everything that changes room membership is a [`RoomCommand`] proposed
 //! here. A command gets a log index, is applied to the [`RoomTable`], and
-//! its effects are mirrored into the local fan-out [`Hub`] under the same
-//! lock, so every node sees effects in log order. A single node orders
+//! its effects are handed to an [`EffectsObserver`] (the fan-out hub)
+//! under the same lock, so every node sees effects in log order. A single node orders
 //! commands itself ([`Backend::Local`]); a cluster orders them through Raft
 //! ([`Backend::Raft`]), where every node applies every command through
 //! [`TableApplier`]. The gateway does not know which.
@@ -15,11 +15,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use starling_cluster::codec;
 use starling_cluster::raft::{Applier, ProposalValidator, ProposeError, RaftGroup};
-use starling_cluster::transport::PeerIdentity;
+use starling_cluster::transport::{BoxFuture, PeerIdentity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
-use crate::gateway::Hub;
 use crate::protocol::{ConnId, RoomName};
 use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot};
 
@@ -40,6 +39,16 @@ pub struct TableStats {
     pub connections: usize,
 }
 
+/// What sees applied effects: called in log order, under the table's lock,
+/// so nothing else can apply in between (the fan-out hub mirrors the table
+/// through it).
+pub trait EffectsObserver: Send + Sync + 'static {
+    /// The effects of one command, just applied.
+    fn applied(&self, effects: &[Effect]);
+    /// The whole table was replaced (a Raft snapshot was installed).
+    fn rebuilt(&self, table: &RoomTable);
+}
+
 /// How long a node waits for its own state machine to catch up with an
 /// index it knows is committed.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,7 +62,7 @@ struct TableState {
 /// or Raft) and by reads.
 pub struct SharedTable {
     state: Mutex<TableState>,
-    hub: Arc<Hub>,
+    observer: Arc<dyn EffectsObserver>,
     /// The last applied log index, for waiting on "applied at least N".
     applied_tx: watch::Sender<u64>,
     /// Committed entries skipped because they did not decode or validate
@@ -62,11 +71,11 @@ pub struct SharedTable {
 }
 
 impl SharedTable {
-    pub fn new(hub: Arc<Hub>) -> Arc<SharedTable> {
+    pub fn new(observer: Arc<dyn EffectsObserver>) -> Arc<SharedTable> {
         let state = TableState { last_index: 0, table: RoomTable::new() };
         Arc::new(SharedTable {
             state: Mutex::new(state),
-            hub,
+            observer,
             applied_tx: watch::Sender::new(0),
             rejected_entries: AtomicU64::new(0),
         })
@@ -82,8 +91,8 @@ impl SharedTable {
         let index = state.last_index + 1;
         state.last_index = index;
         let effects = state.table.apply(index, command);
-        // Under the same lock, so the hub sees effects in log order.
-        self.hub.apply_effects(&effects);
+        // Under the same lock, so the observer sees effects in log order.
+        self.observer.applied(&effects);
         drop(state);
         self.applied_tx.send_replace(index);
         effects
@@ -95,7 +104,7 @@ impl SharedTable {
         let mut all = Vec::with_capacity(commands.len());
         for (position, command) in commands.into_iter().enumerate().take(MAX_BATCH) {
             let effects = state.table.apply(table_index(index, position), command);
-            self.hub.apply_effects(&effects);
+            self.observer.applied(&effects);
             all.push(effects);
         }
         state.last_index = index;
@@ -224,7 +233,7 @@ impl Applier for TableApplier {
         let mut state = self.0.lock();
         state.table = RoomTable::from_snapshot(table);
         state.last_index = index;
-        self.0.hub.rebuild(&state.table);
+        self.0.observer.rebuilt(&state.table);
         drop(state);
         self.0.applied_tx.send_replace(index);
         Ok(())
@@ -243,6 +252,22 @@ enum Backend {
     Raft { group: Arc<RaftGroup>, proposals_tx: mpsc::UnboundedSender<Proposal> },
 }
 
+/// Where batches are proposed: the Raft group (a fake in tests).
+pub trait BatchProposer: Send + Sync + 'static {
+    /// Proposes one encoded batch; answers the applied batch's response.
+    fn propose(&self, batch: Vec<u8>) -> BoxFuture<Result<Vec<u8>, ProposeError>>;
+}
+
+/// Proposes batches through a Raft group.
+struct GroupProposer(Arc<RaftGroup>);
+
+impl BatchProposer for GroupProposer {
+    fn propose(&self, batch: Vec<u8>) -> BoxFuture<Result<Vec<u8>, ProposeError>> {
+        let group = Arc::clone(&self.0);
+        Box::pin(async move { group.propose(batch).await })
+    }
+}
+
 /// One command waiting to be batched, and where its effects go.
 struct Proposal {
     command: RoomCommand,
@@ -254,7 +279,7 @@ struct Proposal {
 /// up to `BATCHES_IN_FLIGHT` batches are under way at once. No timer: a
 /// batch is whatever queued while the previous ones were in flight.
 async fn run_batcher(
-    group: Arc<RaftGroup>,
+    proposer: Arc<dyn BatchProposer>,
     shared: Arc<SharedTable>,
     mut proposals_rx: mpsc::UnboundedReceiver<Proposal>,
 ) {
@@ -268,11 +293,11 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let (group, shared) = (Arc::clone(&group), Arc::clone(&shared));
+        let (proposer, shared) = (Arc::clone(&proposer), Arc::clone(&shared));
         tokio::spawn(async move {
             let (commands, waiters): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply_tx)).unzip();
-            let result = propose_batch(&group, &shared, &commands).await;
+            let result = propose_batch(proposer.as_ref(), &shared, &commands).await;
             drop(permit);
             match result {
                 Ok(effects) => {
@@ -291,12 +316,12 @@ async fn run_batcher(
 }
 
 async fn propose_batch(
-    group: &RaftGroup,
+    proposer: &dyn BatchProposer,
     shared: &SharedTable,
     commands: &[RoomCommand],
 ) -> Result<Vec<Vec<Effect>>, ReplicateError> {
     let bytes = codec::encode(&commands).map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
-    let response = group.propose(bytes).await.map_err(|error| {
+    let response = proposer.propose(bytes).await.map_err(|error| {
         if let ProposeError::Invalid(reason) = &error {
             // This node's own commands failing validation is a bug here.
             warn!(%reason, "a proposed batch was refused");
@@ -319,7 +344,8 @@ impl Replicator {
     /// Must be called inside a tokio runtime (it starts the batcher task).
     pub fn raft(shared: Arc<SharedTable>, group: Arc<RaftGroup>) -> Replicator {
         let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_batcher(Arc::clone(&group), Arc::clone(&shared), proposals_rx));
+        let proposer = Arc::new(GroupProposer(Arc::clone(&group)));
+        tokio::spawn(run_batcher(proposer, Arc::clone(&shared), proposals_rx));
         Replicator { shared, backend: Backend::Raft { group, proposals_tx } }
     }
 
@@ -392,20 +418,22 @@ impl Replicator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NamespacePolicies;
-    use crate::gateway::Sessions;
     use crate::rooms::MemberRecord;
     use proptest::prelude::*;
 
+    /// Records what the table hands out, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Effect>>);
+
+    impl EffectsObserver for Recorder {
+        fn applied(&self, effects: &[Effect]) {
+            self.0.lock().unwrap().extend_from_slice(effects);
+        }
+        fn rebuilt(&self, _table: &RoomTable) {}
+    }
+
     fn applier() -> TableApplier {
-        let hub = Hub::new(
-            Arc::from("node-1"),
-            7,
-            Arc::new(Sessions::default()),
-            Arc::new(NamespacePolicies::new(&[])),
-            crate::telemetry::Metrics::new("node-1"),
-        );
-        TableApplier(SharedTable::new(Arc::new(hub)))
+        TableApplier(SharedTable::new(Arc::new(Recorder::default())))
     }
 
     fn join(user: &str, node: &str, incarnation: u64, meta: &str) -> RoomCommand {
@@ -474,6 +502,131 @@ mod tests {
         assert!(validate(None, vec![join("", "node-1", 1, "{}")]).is_err());
         assert!(validate(None, vec![join("u", "node-1", 1, "[1]")]).is_err());
         assert!(CommandValidator.validate(None, b"\x0bgarbage!!!").is_err());
+    }
+
+    /// A Raft stand-in: applies each proposed batch to its own table (as
+    /// the leader's state machine would), records batch sizes, and can be
+    /// held back to see what queues meanwhile.
+    struct FakeRaft {
+        applier: Mutex<TableApplier>,
+        next_index: AtomicU64,
+        batch_sizes: Mutex<Vec<usize>>,
+        gate: tokio::sync::Semaphore,
+        in_flight: AtomicU64,
+        most_in_flight: AtomicU64,
+        fail: bool,
+    }
+
+    impl FakeRaft {
+        fn new(shared: Arc<SharedTable>, open: bool, fail: bool) -> Arc<FakeRaft> {
+            Arc::new(FakeRaft {
+                applier: Mutex::new(TableApplier(shared)),
+                next_index: AtomicU64::new(1),
+                batch_sizes: Mutex::default(),
+                gate: tokio::sync::Semaphore::new(if open { 1 << 20 } else { 0 }),
+                in_flight: AtomicU64::new(0),
+                most_in_flight: AtomicU64::new(0),
+                fail,
+            })
+        }
+    }
+
+    impl BatchProposer for Arc<FakeRaft> {
+        fn propose(&self, batch: Vec<u8>) -> BoxFuture<Result<Vec<u8>, ProposeError>> {
+            let raft = Arc::clone(self);
+            Box::pin(async move {
+                let now = raft.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                raft.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                let _permit = raft.gate.acquire().await.unwrap();
+                raft.in_flight.fetch_sub(1, Ordering::SeqCst);
+                raft.batch_sizes.lock().unwrap().push(decode_batch(&batch).unwrap().len());
+                if raft.fail {
+                    return Err(ProposeError::Unavailable("no leader".into()));
+                }
+                let index = raft.next_index.fetch_add(1, Ordering::SeqCst);
+                Ok(raft.applier.lock().unwrap().apply(index, &batch))
+            })
+        }
+    }
+
+    fn join_conn(counter: u64) -> RoomCommand {
+        let mut command = join("u", "node-1", 7, "{}");
+        if let RoomCommand::Join { member, .. } = &mut command {
+            member.conn = ConnId::new(ConnId::tag_of("node-1", 7), counter);
+        }
+        command
+    }
+
+    /// Starts a batcher over `raft`; returns its proposal queue.
+    fn batcher(raft: &Arc<FakeRaft>, shared: &Arc<SharedTable>) -> mpsc::UnboundedSender<Proposal> {
+        let (proposals_tx, proposals_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_batcher(Arc::new(Arc::clone(raft)), Arc::clone(shared), proposals_rx));
+        proposals_tx
+    }
+
+    fn propose(
+        queue: &mpsc::UnboundedSender<Proposal>,
+        command: RoomCommand,
+    ) -> oneshot::Receiver<Result<Vec<Effect>, ReplicateError>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        queue.send(Proposal { command, reply_tx }).unwrap();
+        reply_rx
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commands_queued_together_travel_in_one_entry_and_each_proposer_gets_its_own_effects() {
+        let shared = SharedTable::new(Arc::new(Recorder::default()));
+        let raft = FakeRaft::new(Arc::clone(&shared), true, false);
+        let queue = batcher(&raft, &shared);
+        let replies: Vec<_> = (1..=50).map(|i| propose(&queue, join_conn(i))).collect();
+        for (i, reply) in replies.into_iter().enumerate() {
+            let effects = reply.await.unwrap().unwrap();
+            let joined = effects.iter().find_map(|e| match e {
+                Effect::Joined { member, .. } => Some(member.conn),
+                _ => None,
+            });
+            assert_eq!(joined, Some(ConnId::new(ConnId::tag_of("node-1", 7), i as u64 + 1)));
+        }
+        assert_eq!(*raft.batch_sizes.lock().unwrap(), vec![50]);
+        // The caller's own write is visible here once it has its reply.
+        assert_eq!(shared.lock().table.member_count(), 50);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_entry_holds_at_most_max_batch_commands_and_at_most_eight_entries_are_in_flight() {
+        let shared = SharedTable::new(Arc::new(Recorder::default()));
+        let raft = FakeRaft::new(Arc::clone(&shared), false, false);
+        let queue = batcher(&raft, &shared);
+        let count = MAX_BATCH * 9 + 3;
+        let replies: Vec<_> = (1..=count as u64).map(|i| propose(&queue, join_conn(i))).collect();
+        // Let the batcher take what it can while Raft holds everything.
+        while raft.in_flight.load(Ordering::SeqCst) < BATCHES_IN_FLIGHT as u64 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(raft.most_in_flight.load(Ordering::SeqCst), BATCHES_IN_FLIGHT as u64);
+        raft.gate.add_permits(1 << 20);
+        for reply in replies {
+            assert!(reply.await.unwrap().is_ok());
+        }
+        let sizes = raft.batch_sizes.lock().unwrap().clone();
+        assert!(sizes.iter().all(|&n| n <= MAX_BATCH), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), count);
+        assert_eq!(sizes.len(), 10, "{sizes:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_entry_fails_every_command_in_it_as_retryable() {
+        let shared = SharedTable::new(Arc::new(Recorder::default()));
+        let raft = FakeRaft::new(Arc::clone(&shared), true, true);
+        let queue = batcher(&raft, &shared);
+        let replies: Vec<_> = (1..=3).map(|i| propose(&queue, join_conn(i))).collect();
+        for reply in replies {
+            assert!(matches!(reply.await.unwrap(), Err(ReplicateError::Unavailable(_))));
+        }
+        assert_eq!(shared.lock().table.member_count(), 0);
     }
 
     proptest! {

@@ -97,7 +97,8 @@ async fn presence_cluster_and_disconnect_reflect_the_node() {
     assert_eq!(response.json(), json!({"disconnected": 1}));
     assert_eq!(close_code(&mut alice_events).await, Some(1000));
     wait_until("alice left presence", || {
-        node.gateway().replicator.snapshot(&"chat:a/b".parse_room()).map(|s| s.members.len()) == Some(1)
+        node.gateway().service.replicator().snapshot(&"chat:a/b".parse_room()).map(|s| s.members.len())
+            == Some(1)
     })
     .await;
     node.shutdown().await;

@@ -63,25 +63,33 @@ fn dialler(ca_dir: &Path, cert_name: &str, claimed: &str, incarnation: u64) -> A
     TcpTransport::new(config)
 }
 
-/// The peer application messages of `src/forward.rs`, mirrored (same
+/// The peer application messages of `src/forward/wire.rs`, mirrored (same
 /// variant order and fields), so the test can forge them.
 #[derive(Serialize)]
 enum AppMessage {
     #[allow(dead_code)]
-    Publish {
-        room: String,
-        data: String,
-        from: Option<(String, String)>,
-        min_index: u64,
-        published_us: u64,
-    },
-    Deliver {
-        room: String,
-        epoch: u64,
-        offset: u64,
-        text: String,
-        published_us: u64,
-    },
+    Publish,
+    Deliver(RoomMessageMirror),
+}
+
+/// `fanout::RoomMessage` as nodes send it.
+#[derive(Serialize)]
+struct RoomMessageMirror {
+    room: String,
+    epoch: u64,
+    offset: u64,
+    publisher: Option<(String, String)>,
+    event: Option<String>,
+    #[serde(with = "serde_bytes_mirror")]
+    data: Vec<u8>,
+    published_us: u64,
+}
+
+/// Bytes as `bytes::Bytes` serializes them (length and raw bytes).
+mod serde_bytes_mirror {
+    pub fn serialize<S: serde::Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(data)
+    }
 }
 
 /// `RoomCommand::EvictNode` as `src/rooms/table.rs` encodes it (variant 3).
@@ -106,9 +114,15 @@ fn forged_eviction(node: &str) -> Vec<u8> {
 }
 
 fn forged_delivery(room: &str, epoch: u64) -> Vec<u8> {
-    let text =
-        json!({"type": "message", "room": room, "offset": 1, "epoch": epoch, "data": "forged"}).to_string();
-    let deliver = AppMessage::Deliver { room: room.into(), epoch, offset: 1, text, published_us: 0 };
+    let deliver = AppMessage::Deliver(RoomMessageMirror {
+        room: room.into(),
+        epoch,
+        offset: 1,
+        publisher: None,
+        event: None,
+        data: json!("forged").to_string().into_bytes(),
+        published_us: 0,
+    });
     let inner = starling_cluster::codec::encode(&deliver).unwrap();
     starling_cluster::codec::encode(&PeerMessage::App(inner)).unwrap()
 }

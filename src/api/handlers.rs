@@ -9,9 +9,11 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{error_response, ApiState};
-use crate::config::NamespaceConfig;
-use crate::gateway::{wire_member_list, Position};
+use crate::fanout::Draft;
+use crate::forward::PublishError;
+use crate::gateway::starling::wire_member_list;
 use crate::protocol::{CloseCode, ErrorCode, RoomName};
+use crate::service::{PublishOrigin, ServiceError};
 use crate::telemetry;
 use tracing::Instrument;
 
@@ -24,7 +26,7 @@ pub fn authorized(state: &ApiState, header: Option<&str>) -> bool {
 
 pub fn readyz(state: std::sync::Arc<ApiState>) -> Response {
     let gateway = &state.gateway;
-    let ready = gateway.replicator.is_ready() && !gateway.is_draining();
+    let ready = gateway.service.replicator().is_ready() && !gateway.is_draining();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({"ready": ready, "draining": gateway.is_draining()});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
@@ -67,9 +69,9 @@ fn scrape(state: &ApiState) -> telemetry::Scrape {
     if let Some(links) = &state.links {
         scrape.links = links.link_scrape();
         scrape.peer_drops = links.drop_counts();
-        scrape.peer_rejected = links.rejection_counts(state.gateway.hub.refused_deliveries());
+        scrape.peer_rejected = links.rejection_counts(state.gateway.service.hub().refused_deliveries());
     }
-    scrape.raft_entries_rejected = state.gateway.replicator.shared().rejected_entries();
+    scrape.raft_entries_rejected = state.gateway.service.replicator().shared().rejected_entries();
     scrape
 }
 
@@ -77,34 +79,26 @@ fn bad_request(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
 }
 
-/// A refused API request, turned into a response at the handler's edge.
-struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
+/// The HTTP answer to a refusal of the room service.
+fn service_error_response(error: &ServiceError) -> Response {
+    let (status, code) = match error {
+        ServiceError::UnknownNamespace(_)
+        | ServiceError::PresenceOff(_)
+        | ServiceError::ServerPublishesOnly(_)
+        | ServiceError::TooManyRooms { .. }
+        | ServiceError::RoomFull { .. } => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+        ServiceError::DataTooLarge { .. } | ServiceError::MetaTooLarge { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
+        }
+        ServiceError::NotJoined => (StatusCode::BAD_REQUEST, ErrorCode::NotJoined),
+        error if error.retryable() => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+    };
+    error_response(status, code, &error.to_string())
 }
 
-impl ApiError {
-    fn into_response(self) -> Response {
-        error_response(self.status, self.code, &self.message)
-    }
-}
-
-fn room_and_namespace<'a>(
-    state: &'a ApiState,
-    room: &str,
-) -> Result<(RoomName, &'a NamespaceConfig), ApiError> {
-    let room = RoomName::parse(room).map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: ErrorCode::BadRequest,
-        message: e.to_string(),
-    })?;
-    let namespace = state.gateway.namespaces.get(room.namespace()).ok_or_else(|| ApiError {
-        status: StatusCode::FORBIDDEN,
-        code: ErrorCode::Forbidden,
-        message: format!("unknown namespace `{}`", room.namespace()),
-    })?;
-    Ok((room, namespace))
+fn parse_room(room: &str) -> Result<RoomName, String> {
+    RoomName::parse(room).map_err(|e| e.to_string())
 }
 
 /// `POST /api/publish`. A W3C `traceparent` header makes the publish part
@@ -124,50 +118,36 @@ pub async fn publish(state: &ApiState, body: &[u8], traceparent: Option<&str>) -
     let Some(data) = request.data.filter(|d| d.get() != "null") else {
         return bad_request("missing field `data`");
     };
-    let (room, namespace) = match room_and_namespace(state, &request.room) {
-        Ok(found) => found,
-        Err(error) => return error.into_response(),
+    let room = match parse_room(&request.room) {
+        Ok(room) => room,
+        Err(message) => return bad_request(&message),
     };
-    if data.get().len() > namespace.max_data_bytes {
-        let message = format!("data is over {} bytes", namespace.max_data_bytes);
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
-    }
-    // A room with no members has no sequence: nothing is delivered, and
-    // epoch 0 says so.
+    let draft =
+        Draft { publisher: None, event: None, data: bytes::Bytes::copy_from_slice(data.get().as_bytes()) };
+    let service = &state.gateway.service;
     let span = telemetry::publish_span(&room, None, traceparent);
-    let published = state.gateway.router.publish(&room, data, None, received_at).instrument(span).await;
-    let position = match published {
-        Ok(position) => position.unwrap_or(Position { epoch: 0, offset: 0 }),
-        Err(error) => {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &error.0)
-        }
+    let published = service.publish(&room, draft, PublishOrigin::Server, received_at).instrument(span).await;
+    let (epoch, offset) = match published {
+        Ok(position) => (position.epoch, position.offset),
+        // A room with no members has no sequence: nothing is delivered,
+        // and epoch 0 says so.
+        Err(ServiceError::Publish(PublishError::NoMembers)) => (0, 0),
+        Err(error) => return service_error_response(&error),
     };
-    warp::reply::json(&serde_json::json!({"offset": position.offset, "epoch": position.epoch}))
-        .into_response()
+    warp::reply::json(&serde_json::json!({"offset": offset, "epoch": epoch})).into_response()
 }
 
 pub async fn presence(state: &ApiState, room: &str) -> Response {
-    let decoded = percent_decode(room);
-    let (room, namespace) = match room_and_namespace(state, &decoded) {
-        Ok(found) => found,
-        Err(error) => return error.into_response(),
+    let room = match parse_room(&percent_decode(room)) {
+        Ok(room) => room,
+        Err(message) => return bad_request(&message),
     };
-    if !namespace.presence {
-        let message = format!("presence is off in namespace `{}`", room.namespace());
-        return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
-    }
-    let members = match state.gateway.replicator.presence(&room).await {
-        Ok(snapshot) => snapshot.map(|s| s.members).unwrap_or_default(),
-        Err(error) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                &error.to_string(),
-            )
+    match state.gateway.service.presence(&room).await {
+        Ok(members) => {
+            warp::reply::json(&serde_json::json!({ "members": wire_member_list(&members) })).into_response()
         }
-    };
-    let body = serde_json::json!({ "members": wire_member_list(&members) });
-    warp::reply::json(&body).into_response()
+        Err(error) => service_error_response(&error),
+    }
 }
 
 pub fn cluster(state: &ApiState) -> Response {

@@ -1,4 +1,6 @@
-//! The checks made on the HTTP upgrade request, before any `101`.
+//! The checks made on the HTTP upgrade request, before any `101`: the path
+//! picks the wire protocol, then drain, Origin, the protocol's own
+//! authentication, and a connection slot.
 
 use std::sync::Arc;
 
@@ -14,8 +16,29 @@ use crate::protocol::ConnId;
 #[derive(Debug)]
 pub struct Admission {
     pub conn: ConnId,
-    pub claims: Claims,
+    pub protocol: Protocol,
     pub permit: OwnedSemaphorePermit,
+}
+
+/// The wire protocol a connection speaks, chosen by the upgrade's path,
+/// with what its authentication established.
+#[derive(Debug)]
+pub enum Protocol {
+    /// Starling's wire contract v1 at `/ws`, with the token's claims.
+    Starling { claims: Claims },
+}
+
+/// The protocols by path. A second adapter adds its path here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Starling,
+}
+
+fn route(path: &str) -> Option<Route> {
+    match path {
+        "/ws" => Some(Route::Starling),
+        _ => None,
+    }
 }
 
 /// Why an upgrade was refused; each maps to one HTTP status.
@@ -61,9 +84,7 @@ impl Gateway {
     /// Decides whether `request` may be upgraded. Cheap checks come first;
     /// the connection slot is taken last, only for a valid token.
     pub fn admit(&self, request: &Request) -> Result<Admission, Rejection> {
-        if request.uri().path() != "/ws" {
-            return Err(Rejection::NotFound);
-        }
+        let route = route(request.uri().path()).ok_or(Rejection::NotFound)?;
         if self.is_draining() {
             return Err(Rejection::Unavailable { reason: "node is draining", retry_after_secs: 1 });
         }
@@ -71,12 +92,17 @@ impl Gateway {
         if !self.origins.allows(origin) {
             return Err(Rejection::ForbiddenOrigin);
         }
-        let token = token_of(request).ok_or(Rejection::Unauthorized(AuthError::Missing))?;
-        let claims = self.verifier.verify(token).map_err(Rejection::Unauthorized)?;
+        let protocol = match route {
+            Route::Starling => {
+                let token = token_of(request).ok_or(Rejection::Unauthorized(AuthError::Missing))?;
+                let claims = self.verifier.verify(token).map_err(Rejection::Unauthorized)?;
+                Protocol::Starling { claims }
+            }
+        };
         let permit = Arc::clone(&self.connection_permits)
             .try_acquire_owned()
             .map_err(|_| Rejection::Unavailable { reason: "node is full", retry_after_secs: 5 })?;
-        Ok(Admission { conn: self.mint_conn_id(), claims, permit })
+        Ok(Admission { conn: self.mint_conn_id(), protocol, permit })
     }
 }
 

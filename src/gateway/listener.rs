@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::admission::{redacted_path, Admission};
+use super::admission::{redacted_path, Admission, Protocol};
 use super::pending::PendingSlot;
-use super::{deadline_after, session, Gateway};
+use super::{deadline_after, starling, Gateway};
 
 /// Accepts client connections until `shutdown` is cancelled. Each connection
 /// runs as a task on `tracker`, so shutdown can wait for all of them. With
@@ -114,7 +114,14 @@ async fn serve_connection<S>(
     drop(pending);
     if let Some((ws, admission)) = upgraded {
         let (sink, stream) = ws.split();
-        session::run(gateway, admission, sink, stream, shutdown).await;
+        let Admission { conn, protocol, permit } = admission;
+        match protocol {
+            Protocol::Starling { claims } => {
+                let encoder = Arc::clone(&gateway.starling_encoder);
+                starling::run(gateway, encoder, conn, claims, sink, stream, shutdown).await;
+            }
+        }
+        drop(permit);
     }
 }
 

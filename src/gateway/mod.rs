@@ -1,19 +1,17 @@
-//! The client WebSocket gateway: listener, admission (path, Origin, token,
-//! capacity) before any upgrade, one session per connection with bounded
-//! outbound queues, and local fan-out.
+//! The client WebSocket gateway: listener, admission (path, Origin,
+//! authentication, capacity) before any upgrade, and one adapter per wire
+//! protocol (`starling/`) whose sessions call the room service.
 //!
 //! The gateway owns connections and what they are allowed to do. It must not
-//! change room membership itself: every membership change goes through
-//! `replicate`, and the hub only mirrors the applied result.
+//! change room membership or decide room policy itself: both are the room
+//! service's (`service`), which every adapter and the HTTP API share.
 
 mod admission;
-mod hub;
 mod limits;
 mod listener;
-mod outbound;
 mod pending;
-mod session;
-mod sessions;
+pub mod starling;
+mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,19 +19,14 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-pub use admission::{Admission, Rejection};
-pub use hub::{
-    wire_member, wire_member_list, DeliveryRefused, FrameSender, Hub, Position, RemoteFanout, SequenceError,
-};
+pub use admission::{Admission, Protocol, Rejection};
 pub use listener::serve;
-pub use outbound::{OutFrame, Outbound, Published, PushError};
-pub use sessions::{SessionEntry, Sessions};
 
 use crate::auth::{JwtVerifier, OriginPolicy};
-use crate::config::{Config, NamespacePolicies};
-use crate::forward::Router;
-use crate::protocol::ConnId;
-use crate::replicate::Replicator;
+use crate::config::Config;
+use crate::fanout::{FrameEncoder, SessionEntry, Sessions};
+use crate::protocol::{CloseCode, ConnId};
+use crate::service::RoomService;
 use crate::telemetry::Metrics;
 
 /// Shared state of the client gateway.
@@ -46,11 +39,10 @@ pub struct Gateway {
     pub config: Arc<Config>,
     verifier: JwtVerifier,
     origins: OriginPolicy,
-    pub namespaces: Arc<NamespacePolicies>,
     pub sessions: Arc<Sessions>,
-    pub hub: Arc<Hub>,
-    pub replicator: Arc<Replicator>,
-    pub router: Arc<Router>,
+    pub service: Arc<RoomService>,
+    /// The Starling protocol's frames, shared by its sessions.
+    starling_encoder: Arc<dyn FrameEncoder>,
     /// One permit per open connection (`limits.max_connections`).
     connection_permits: Arc<Semaphore>,
     /// One permit per TCP connection still in its handshake.
@@ -67,11 +59,8 @@ pub struct GatewayParts {
     pub config: Arc<Config>,
     pub incarnation: u64,
     pub verifier: JwtVerifier,
-    pub namespaces: Arc<NamespacePolicies>,
     pub sessions: Arc<Sessions>,
-    pub hub: Arc<Hub>,
-    pub replicator: Arc<Replicator>,
-    pub router: Arc<Router>,
+    pub service: Arc<RoomService>,
     pub metrics: Metrics,
 }
 
@@ -89,11 +78,9 @@ impl Gateway {
             pending_per_address: pending::PendingPerAddress::new(config.limits.pending_handshakes_per_ip),
             draining: AtomicBool::new(false),
             verifier: parts.verifier,
-            namespaces: parts.namespaces,
             sessions: parts.sessions,
-            hub: parts.hub,
-            replicator: parts.replicator,
-            router: parts.router,
+            service: parts.service,
+            starling_encoder: Arc::new(starling::StarlingEncoder),
             metrics: parts.metrics,
             config,
         }
@@ -115,6 +102,35 @@ impl Gateway {
     /// Open client connections.
     pub fn connection_count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// A session listed in `Sessions` and counted in the connections gauge.
+/// Dropping it undoes both, at the end of the session or while unwinding
+/// from a panic, so neither can leak.
+pub(crate) struct Registration {
+    gateway: Arc<Gateway>,
+    conn: ConnId,
+}
+
+impl Registration {
+    pub(crate) fn new(gateway: &Arc<Gateway>, entry: &Arc<SessionEntry>) -> Registration {
+        gateway.sessions.insert(Arc::clone(entry));
+        gateway.metrics.connections.increment(1.0);
+        gateway.metrics.connections_opened.increment(1);
+        if gateway.is_draining() {
+            // Admitted just before the drain began, registered after the
+            // drain listed the sessions to close: close it here.
+            entry.outbound.close(CloseCode::Restarting);
+        }
+        Registration { gateway: Arc::clone(gateway), conn: entry.conn }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.gateway.sessions.remove(self.conn);
+        self.gateway.metrics.connections.decrement(1.0);
     }
 }
 

@@ -8,7 +8,9 @@ use crate::codec;
 /// Bumped on any change to [`Frame`]; peers with another version are refused.
 /// Version 3: the handshake carries the node's incarnation (boot time), and
 /// links run over mutual TLS unless the cluster is configured insecure.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: application messages carry structured room messages (room,
+/// epoch, offset, publisher, event, data, publish time), not client text.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -8,20 +8,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::message::Published;
 use crate::protocol::CloseCode;
-
-/// When a message was accepted from its publisher, and whether it crossed
-/// nodes on its way here, for the publish-to-deliver latency histograms.
-#[derive(Debug, Clone, Copy)]
-pub struct Published {
-    pub at: Instant,
-    pub cross_node: bool,
-}
 
 /// One encoded frame waiting to be written.
 #[derive(Debug, Clone)]

@@ -3,16 +3,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use super::message::FrameEncoder;
 use super::outbound::Outbound;
 use crate::protocol::{CloseCode, ConnId};
 
-/// What other parts of the node may reach of a session: its identity and
-/// its outbound queue (to deliver frames or ask it to close).
-#[derive(Debug)]
+/// What other parts of the node may reach of a session: its identity, its
+/// outbound queue (to deliver frames or ask it to close), and the encoder
+/// of its wire protocol.
 pub struct SessionEntry {
     pub conn: ConnId,
     pub user: Arc<str>,
     pub outbound: Outbound,
+    /// Shared by every session of the same protocol.
+    pub encoder: Arc<dyn FrameEncoder>,
+}
+
+impl std::fmt::Debug for SessionEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionEntry").field("conn", &self.conn).field("user", &self.user).finish()
+    }
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,617 @@
+//! Room sequencing and local fan-out.
+//!
+//! The hub mirrors the replicated room table through [`EffectsObserver`]
+//! (called in log order): for every room it knows the epoch, the owner node,
+//! the last offset seen, and the sessions of the room's members on this
+//! node. The owner node sequences a room's messages ([`Hub::sequence`]) and
+//! hands each [`RoomMessage`] to a [`RemoteFanout`] for the other nodes;
+//! other nodes take messages from the owner with [`Hub::deliver`]. A message
+//! is encoded once per client protocol among the room's local members
+//! ([`FrameCache`]) and the same bytes are queued for every member of that
+//! protocol. The hub never decides membership (it only mirrors what `rooms`
+//! decided) and knows no wire protocol.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use super::message::{
+    unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published, RoomMessage,
+};
+use super::outbound::{OutFrame, PushError};
+use super::sessions::{SessionEntry, Sessions};
+use crate::config::NamespacePolicies;
+use crate::protocol::{CloseCode, RoomName};
+use crate::replicate::EffectsObserver;
+use crate::rooms::{Effect, LeaveReason, MemberRecord, RoomTable};
+use crate::telemetry::{self, Metrics};
+
+/// Sends a sequenced message to the other nodes (the cluster's forwarding).
+/// Called inside the span of the sequencing, whose trace context it sends
+/// on, and under the room's lock, so messages leave in offset order.
+pub trait RemoteFanout: Send + Sync + 'static {
+    fn deliver(&self, message: &RoomMessage);
+}
+
+/// Why [`Hub::sequence`] did not sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SequenceError {
+    /// The room has no members anywhere.
+    NoRoom,
+    /// Another node owns the room and sequences its messages.
+    NotOwner { owner: Arc<str>, epoch: u64 },
+    /// The epoch's offsets are used up (2^64 messages): the room needs a new
+    /// epoch. Never reached in practice; offsets never wrap.
+    OffsetsExhausted,
+}
+
+/// The node that sent a frame, as its peer link authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameSender<'a> {
+    pub node: &'a str,
+    pub incarnation: u64,
+}
+
+/// A delivery that was not from the room's owner incarnation in the
+/// room's current epoch, and was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRefused;
+
+/// Frames held for a room, at most: frames of an epoch this node has not
+/// applied yet (the owner changed and the Raft entry saying so is still on
+/// its way here).
+const HELD_FRAMES_PER_ROOM: usize = 256;
+
+/// A message of a future epoch, waiting for that epoch's owner change.
+#[derive(Debug)]
+struct HeldFrame {
+    node: Arc<str>,
+    incarnation: u64,
+    message: RoomMessage,
+    published_at: Instant,
+}
+
+#[derive(Debug)]
+struct LocalRoom {
+    epoch: u64,
+    owner: Arc<str>,
+    owner_incarnation: u64,
+    /// The offset of the last message sequenced or delivered in this epoch.
+    last_offset: u64,
+    subscribers: Vec<Arc<SessionEntry>>,
+    /// Frames of later epochs that arrived before this node applied the
+    /// owner change (bounded by `HELD_FRAMES_PER_ROOM`).
+    held: Vec<HeldFrame>,
+}
+
+pub struct Hub {
+    node: Arc<str>,
+    incarnation: u64,
+    rooms: RwLock<HashMap<RoomName, Arc<Mutex<LocalRoom>>>>,
+    sessions: Arc<Sessions>,
+    namespaces: Arc<NamespacePolicies>,
+    metrics: Metrics,
+    /// Set once in a cluster; a single node has no one to send to.
+    remote: OnceLock<Arc<dyn RemoteFanout>>,
+    /// Deliveries dropped because their sender was not the room's owner
+    /// incarnation for their epoch (`starling_peer_rejected_total`).
+    refused_deliveries: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    pub fn new(
+        node: Arc<str>,
+        incarnation: u64,
+        sessions: Arc<Sessions>,
+        namespaces: Arc<NamespacePolicies>,
+        metrics: Metrics,
+    ) -> Hub {
+        Hub {
+            node,
+            incarnation,
+            rooms: RwLock::default(),
+            sessions,
+            namespaces,
+            metrics,
+            remote: OnceLock::new(),
+            refused_deliveries: AtomicU64::new(0),
+        }
+    }
+
+    /// Deliveries refused so far (see [`Hub::deliver`]).
+    pub fn refused_deliveries(&self) -> u64 {
+        self.refused_deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Connects the hub to the cluster's forwarding (once, at start).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteFanout>) {
+        let _ = self.remote.set(remote);
+    }
+
+    fn is_local(&self, member: &MemberRecord) -> bool {
+        *member.node == *self.node && member.incarnation == self.incarnation
+    }
+
+    fn room(&self, room: &RoomName) -> Option<Arc<Mutex<LocalRoom>>> {
+        self.rooms.read().unwrap_or_else(|p| p.into_inner()).get(room).cloned()
+    }
+
+    fn events_enabled(&self, room: &RoomName) -> bool {
+        self.namespaces.get(room.namespace()).is_some_and(|n| n.join_leave_events)
+    }
+
+    fn on_joined(&self, room: &RoomName, member: &MemberRecord) {
+        let Some(local) = self.room(room) else {
+            return;
+        };
+        let local_entry = if self.is_local(member) { self.sessions.get(member.conn) } else { None };
+        let mut local = lock(&local);
+        if self.events_enabled(room) && !local.subscribers.is_empty() {
+            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Joined);
+        }
+        if let Some(entry) = local_entry {
+            local.subscribers.push(entry);
+        }
+    }
+
+    fn on_left(&self, room: &RoomName, member: &MemberRecord, reason: LeaveReason) {
+        let Some(local) = self.room(room) else {
+            return;
+        };
+        let mut local = lock(&local);
+        if self.is_local(member) {
+            if let Some(i) = local.subscribers.iter().position(|s| s.conn == member.conn) {
+                let session = local.subscribers.swap_remove(i);
+                if reason == LeaveReason::NodeEvicted {
+                    // The cluster took this node for dead (it was paused or
+                    // cut off) and removed its members; its clients must
+                    // reconnect and join again to be members anywhere.
+                    session.outbound.close(CloseCode::Restarting);
+                }
+            }
+        }
+        if self.events_enabled(room) && !local.subscribers.is_empty() {
+            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Left);
+        }
+    }
+
+    /// Sequences one message of a room this node owns and delivers it to
+    /// every local member and, through the remote fan-out, to other nodes.
+    pub fn sequence(
+        &self,
+        room: &RoomName,
+        draft: Draft,
+        published: Published,
+    ) -> Result<Position, SequenceError> {
+        let local = self.room(room).ok_or(SequenceError::NoRoom)?;
+        let mut local = lock(&local);
+        if *local.owner != *self.node || local.owner_incarnation != self.incarnation {
+            // An earlier incarnation of this node may own it: the room then
+            // waits for that incarnation's eviction to get a new owner.
+            return Err(SequenceError::NotOwner { owner: local.owner.clone(), epoch: local.epoch });
+        }
+        let offset = local.last_offset.checked_add(1).ok_or(SequenceError::OffsetsExhausted)?;
+        local.last_offset = offset;
+        let position = Position { epoch: local.epoch, offset };
+        let message = RoomMessage::new(room.clone(), position, draft, unix_micros(published.at));
+        {
+            let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
+            self.fan_out_message(&local.subscribers, &message, published);
+        }
+        if let Some(remote) = self.remote.get() {
+            // Under the room lock: messages leave in offset order.
+            remote.deliver(&message);
+        }
+        self.metrics.publishes.increment(1);
+        Ok(position)
+    }
+
+    /// Takes a message sequenced by the room's owner on another node. Only
+    /// the room's owner incarnation may deliver in the room's current epoch;
+    /// anything else is refused. Messages of an older epoch, and offsets
+    /// already seen, are dropped quietly (late or repeated); messages of a
+    /// later epoch are held until this node applies that epoch's owner
+    /// change, then delivered if they came from the new owner.
+    /// `published_at` is the publisher's accept time on this node's clock.
+    pub fn deliver(
+        &self,
+        from: FrameSender<'_>,
+        message: RoomMessage,
+        published_at: Instant,
+    ) -> Result<(), DeliveryRefused> {
+        let Some(local) = self.room(&message.room) else {
+            return Ok(());
+        };
+        let mut local = lock(&local);
+        let epoch = message.position.epoch;
+        if epoch < local.epoch {
+            return Ok(());
+        }
+        if epoch > local.epoch {
+            if local.held.len() >= HELD_FRAMES_PER_ROOM {
+                return Err(self.refuse_delivery());
+            }
+            local.held.push(HeldFrame {
+                node: Arc::from(from.node),
+                incarnation: from.incarnation,
+                message,
+                published_at,
+            });
+            return Ok(());
+        }
+        if *local.owner != *from.node || local.owner_incarnation != from.incarnation {
+            return Err(self.refuse_delivery());
+        }
+        self.deliver_in_epoch(&mut local, &message, published_at);
+        Ok(())
+    }
+
+    fn refuse_delivery(&self) -> DeliveryRefused {
+        self.refused_deliveries.fetch_add(1, Ordering::Relaxed);
+        DeliveryRefused
+    }
+
+    /// Fans out a message of the current epoch from the owner, once per offset.
+    fn deliver_in_epoch(&self, local: &mut LocalRoom, message: &RoomMessage, published_at: Instant) {
+        if message.position.offset <= local.last_offset {
+            return;
+        }
+        local.last_offset = message.position.offset;
+        let _fanout = telemetry::fanout_span(&message.room, local.subscribers.len()).entered();
+        let published = Published { at: published_at, cross_node: true };
+        self.fan_out_message(&local.subscribers, message, published);
+    }
+
+    /// After an owner change: delivers held messages of the new epoch from
+    /// the new owner, keeps those of later epochs, refuses the rest.
+    fn release_held(&self, local: &mut LocalRoom) {
+        if local.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut local.held);
+        for frame in held {
+            let epoch = frame.message.position.epoch;
+            if epoch > local.epoch {
+                local.held.push(frame);
+            } else if epoch < local.epoch {
+                continue;
+            } else if *frame.node == *local.owner && frame.incarnation == local.owner_incarnation {
+                self.deliver_in_epoch(local, &frame.message, frame.published_at);
+            } else {
+                self.refuse_delivery();
+            }
+        }
+    }
+
+    fn fan_out_message(
+        &self,
+        subscribers: &[Arc<SessionEntry>],
+        message: &RoomMessage,
+        published: Published,
+    ) {
+        let encode = |encoder: &dyn FrameEncoder| encoder.message(message);
+        let delivered = fan_out(subscribers, &mut FrameCache::new(&encode), Some(published), &self.metrics);
+        // Deliveries count room messages; presence events are not counted.
+        self.metrics.deliveries.increment(delivered);
+    }
+
+    fn fan_out_event(
+        &self,
+        subscribers: &[Arc<SessionEntry>],
+        room: &RoomName,
+        member: &MemberRecord,
+        event: MemberEvent,
+    ) {
+        let encode = |encoder: &dyn FrameEncoder| encoder.member_event(room, member, event);
+        fan_out(subscribers, &mut FrameCache::new(&encode), None, &self.metrics);
+    }
+
+    /// Whether this node (this incarnation) sequences `room`.
+    pub fn owns(&self, room: &RoomName) -> bool {
+        self.room(room).is_some_and(|local| {
+            let local = lock(&local);
+            *local.owner == *self.node && local.owner_incarnation == self.incarnation
+        })
+    }
+
+    /// The owner and epoch of `room`, if it exists.
+    pub fn owner_of(&self, room: &RoomName) -> Option<(Arc<str>, u64)> {
+        let local = self.room(room)?;
+        let local = lock(&local);
+        Some((local.owner.clone(), local.epoch))
+    }
+
+    /// Calls `f` with the current position of `room` on this node while no
+    /// message of the room can be sequenced or delivered here, so whatever
+    /// `f` queues lands between offset `position` and the next one.
+    pub fn with_position<R>(&self, room: &RoomName, f: impl FnOnce(Option<Position>) -> R) -> R {
+        let Some(local) = self.room(room) else {
+            return f(None);
+        };
+        let local = lock(&local);
+        f(Some(Position { epoch: local.epoch, offset: local.last_offset }))
+    }
+
+    /// Rooms known to this node (all rooms of the cluster).
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Local (room, connection) subscriptions across all rooms.
+    pub fn subscription_count(&self) -> usize {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        rooms.values().map(|r| lock(r).subscribers.len()).sum()
+    }
+}
+
+impl EffectsObserver for Hub {
+    /// Mirrors applied room effects, in log order, under the table's lock.
+    fn applied(&self, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::RoomOpened { room, epoch, owner, owner_incarnation } => {
+                    let local = LocalRoom {
+                        epoch: *epoch,
+                        owner: owner.clone(),
+                        owner_incarnation: *owner_incarnation,
+                        last_offset: 0,
+                        subscribers: Vec::new(),
+                        held: Vec::new(),
+                    };
+                    self.rooms
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(room.clone(), Arc::new(Mutex::new(local)));
+                }
+                Effect::Joined { room, member, .. } => self.on_joined(room, member),
+                Effect::Left { room, member, reason } => self.on_left(room, member, *reason),
+                Effect::OwnerChanged { room, epoch, owner, owner_incarnation } => {
+                    if let Some(local) = self.room(room) {
+                        let mut local = lock(&local);
+                        local.owner = owner.clone();
+                        local.owner_incarnation = *owner_incarnation;
+                        if local.epoch < *epoch {
+                            local.epoch = *epoch;
+                            local.last_offset = 0;
+                        }
+                        // Deliveries from the new owner may have arrived first.
+                        self.release_held(&mut local);
+                    }
+                }
+                Effect::RoomClosed { room } => {
+                    self.rooms.write().unwrap_or_else(|p| p.into_inner()).remove(room);
+                }
+                Effect::AlreadyJoined { .. } | Effect::Rejected { .. } | Effect::NotMember { .. } => {}
+            }
+        }
+        self.metrics.rooms.set(self.room_count() as f64);
+    }
+
+    /// Rebuilds the mirror from a whole table (after a Raft snapshot was
+    /// installed). Positions of rooms whose epoch did not change are kept.
+    fn rebuilt(&self, table: &RoomTable) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        let mut rebuilt = HashMap::new();
+        for name in table.room_names() {
+            let Some(snapshot) = table.snapshot(&name) else { continue };
+            let last_offset = rooms
+                .get(&name)
+                .map(|r| lock(r))
+                .filter(|r| r.epoch == snapshot.epoch)
+                .map_or(0, |r| r.last_offset);
+            let subscribers = snapshot
+                .members
+                .iter()
+                .filter(|m| self.is_local(m))
+                .filter_map(|m| self.sessions.get(m.conn))
+                .collect();
+            let local = LocalRoom {
+                epoch: snapshot.epoch,
+                owner: snapshot.owner.clone(),
+                owner_incarnation: snapshot.owner_incarnation,
+                last_offset,
+                subscribers,
+                held: Vec::new(),
+            };
+            rebuilt.insert(name, Arc::new(Mutex::new(local)));
+        }
+        *rooms = rebuilt;
+    }
+}
+
+/// Queues one frame per subscriber, encoded once per protocol; returns how
+/// many subscribers got it.
+fn fan_out(
+    subscribers: &[Arc<SessionEntry>],
+    frames: &mut FrameCache<'_>,
+    published: Option<Published>,
+    metrics: &Metrics,
+) -> u64 {
+    let mut delivered = 0u64;
+    for subscriber in subscribers {
+        let Some(text) = frames.frame_for(&subscriber.encoder) else {
+            continue;
+        };
+        match subscriber.outbound.push(OutFrame { text, published }) {
+            Ok(()) => delivered += 1,
+            Err(PushError::Overflow) => metrics.drops_slow_consumer.increment(1),
+            Err(PushError::Closing) => {}
+        }
+    }
+    delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::testing::{apply_everywhere, frames, room, CoreNode, TextEncoder};
+
+    fn draft(data: &str) -> Draft {
+        Draft { publisher: None, event: None, data: bytes::Bytes::copy_from_slice(data.as_bytes()) }
+    }
+
+    fn now() -> Published {
+        Published { at: Instant::now(), cross_node: false }
+    }
+
+    fn encoder() -> (Arc<TextEncoder>, Arc<dyn FrameEncoder>) {
+        let encoder = Arc::new(TextEncoder::default());
+        (Arc::clone(&encoder), encoder as Arc<dyn FrameEncoder>)
+    }
+
+    #[tokio::test]
+    async fn the_owner_sequences_gapless_offsets_and_encodes_once_per_protocol_not_per_member() {
+        let node = CoreNode::new("node-1", 1);
+        let (counts_a, protocol_a) = encoder();
+        let (counts_b, protocol_b) = encoder();
+        let members: Vec<_> = (0..3)
+            .map(|i| node.session(&format!("a{i}"), &protocol_a))
+            .chain((0..2).map(|i| node.session(&format!("b{i}"), &protocol_b)))
+            .collect();
+        for member in &members {
+            apply_everywhere(&[&node], node.join_command("chat:x", member)).await;
+        }
+        for member in &members {
+            frames(member).await; // joined events
+        }
+        counts_a.encodings.store(0, Ordering::Relaxed);
+        counts_b.encodings.store(0, Ordering::Relaxed);
+        for (i, data) in ["one", "two", "three"].iter().enumerate() {
+            let position = node.hub.sequence(&room("chat:x"), draft(data), now()).unwrap();
+            assert_eq!(position.offset, i as u64 + 1);
+        }
+        assert_eq!(counts_a.encodings.load(Ordering::Relaxed), 3, "one encoding per message for protocol a");
+        assert_eq!(counts_b.encodings.load(Ordering::Relaxed), 3, "one encoding per message for protocol b");
+        let epoch = node.hub.owner_of(&room("chat:x")).unwrap().1;
+        for member in &members {
+            let expected: Vec<String> = ["one", "two", "three"]
+                .iter()
+                .enumerate()
+                .map(|(i, d)| format!("msg:{epoch}:{}:{d}", i + 1))
+                .collect();
+            assert_eq!(frames(member).await, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_incarnation_sequences_and_rooms_without_members_have_no_sequence() {
+        let owner = CoreNode::new("node-1", 1);
+        let other = CoreNode::new("node-2", 1);
+        let (_, protocol) = encoder();
+        let alice = owner.session("alice", &protocol);
+        apply_everywhere(&[&owner, &other], owner.join_command("chat:x", &alice)).await;
+        assert!(owner.hub.owns(&room("chat:x")));
+        assert!(matches!(
+            other.hub.sequence(&room("chat:x"), draft("x"), now()),
+            Err(SequenceError::NotOwner { owner, .. }) if &*owner == "node-1"
+        ));
+        assert_eq!(owner.hub.sequence(&room("chat:none"), draft("x"), now()), Err(SequenceError::NoRoom));
+        // A restarted node-1 (new incarnation) is not the owner either.
+        let restarted = CoreNode::new("node-1", 2);
+        apply_everywhere(&[&restarted], owner.join_command("chat:x", &alice)).await;
+        assert!(matches!(
+            restarted.hub.sequence(&room("chat:x"), draft("x"), now()),
+            Err(SequenceError::NotOwner { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_taken_only_from_the_owner_once_per_offset_and_in_the_current_epoch() {
+        let owner = CoreNode::new("node-1", 1);
+        let other = CoreNode::new("node-2", 1);
+        let (_, protocol) = encoder();
+        let alice = owner.session("alice", &protocol);
+        let bob = other.session("bob", &protocol);
+        apply_everywhere(&[&owner, &other], owner.join_command("chat:x", &alice)).await;
+        apply_everywhere(&[&owner, &other], other.join_command("chat:x", &bob)).await;
+        frames(&bob).await;
+        let epoch = other.hub.owner_of(&room("chat:x")).unwrap().1;
+        let message =
+            |offset, data: &str| RoomMessage::new(room("chat:x"), Position { epoch, offset }, draft(data), 0);
+        let from_owner = FrameSender { node: "node-1", incarnation: 1 };
+        let intruder = FrameSender { node: "node-3", incarnation: 1 };
+        let old_owner = FrameSender { node: "node-1", incarnation: 0 };
+        assert_eq!(other.hub.deliver(from_owner.clone(), message(1, "a"), Instant::now()), Ok(()));
+        assert_eq!(other.hub.deliver(from_owner.clone(), message(1, "a again"), Instant::now()), Ok(()));
+        assert_eq!(other.hub.deliver(intruder, message(2, "forged"), Instant::now()), Err(DeliveryRefused));
+        assert_eq!(other.hub.deliver(old_owner, message(2, "stale"), Instant::now()), Err(DeliveryRefused));
+        assert_eq!(other.hub.deliver(from_owner, message(2, "b"), Instant::now()), Ok(()));
+        assert_eq!(other.hub.refused_deliveries(), 2);
+        assert_eq!(frames(&bob).await, vec![format!("msg:{epoch}:1:a"), format!("msg:{epoch}:2:b")]);
+    }
+
+    #[tokio::test]
+    async fn frames_of_a_later_epoch_wait_for_its_owner_change_then_only_the_new_owners_are_delivered() {
+        let nodes = [CoreNode::new("node-1", 1), CoreNode::new("node-2", 1), CoreNode::new("node-3", 1)];
+        let all: Vec<&CoreNode> = nodes.iter().collect();
+        let (_, protocol) = encoder();
+        let members: Vec<_> =
+            nodes.iter().map(|n| n.session(&format!("user-{}", n.name), &protocol)).collect();
+        for (node, member) in nodes.iter().zip(&members) {
+            apply_everywhere(&all, node.join_command("chat:y", member)).await;
+        }
+        // node-1 (the owner) dies: the room moves to the node of the member
+        // with the lowest connection id, in epoch 4 (the eviction's index).
+        let (heir, receiver) = if members[1].conn < members[2].conn { (1, 2) } else { (2, 1) };
+        frames(&members[receiver]).await;
+        let message =
+            |offset| RoomMessage::new(room("chat:y"), Position { epoch: 4, offset }, draft("early"), 0);
+        let from_heir = FrameSender { node: nodes[heir].name, incarnation: 1 };
+        let from_other = FrameSender { node: nodes[receiver].name, incarnation: 1 };
+        let hub = &nodes[receiver].hub;
+        assert_eq!(hub.deliver(from_heir.clone(), message(1), Instant::now()), Ok(()));
+        assert_eq!(hub.deliver(from_other, message(2), Instant::now()), Ok(()));
+        assert!(frames(&members[receiver]).await.is_empty(), "held until the owner change applies");
+        let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 1 };
+        apply_everywhere(&all, evict).await;
+        assert_eq!(hub.owner_of(&room("chat:y")), Some((Arc::from(nodes[heir].name), 4)));
+        assert_eq!(
+            frames(&members[receiver]).await,
+            vec!["left:user-node-1".to_string(), "msg:4:1:early".to_string()],
+            "the heir's frame is delivered after the change; the other node's is refused"
+        );
+        assert_eq!(hub.refused_deliveries(), 1);
+        // At most HELD_FRAMES_PER_ROOM frames wait per room.
+        let later = |offset| RoomMessage::new(room("chat:y"), Position { epoch: 99, offset }, draft("x"), 0);
+        for offset in 1..=HELD_FRAMES_PER_ROOM as u64 {
+            assert_eq!(hub.deliver(from_heir.clone(), later(offset), Instant::now()), Ok(()));
+        }
+        assert_eq!(hub.deliver(from_heir, later(999), Instant::now()), Err(DeliveryRefused));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_node_closes_its_own_members_sessions_to_make_them_rejoin() {
+        let node = CoreNode::new("node-1", 1);
+        let (_, protocol) = encoder();
+        let alice = node.session("alice", &protocol);
+        apply_everywhere(&[&node], node.join_command("chat:x", &alice)).await;
+        let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 1 };
+        apply_everywhere(&[&node], evict).await;
+        assert_eq!(alice.outbound.closing(), Some(CloseCode::Restarting));
+        assert_eq!(node.hub.subscription_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_read_is_closed_as_a_slow_consumer_and_the_room_goes_on() {
+        let node = CoreNode::new("node-1", 1);
+        let (_, protocol) = encoder();
+        let slow = node.session("slow", &protocol);
+        let fast = node.session("fast", &protocol);
+        apply_everywhere(&[&node], node.join_command("chat:x", &slow)).await;
+        apply_everywhere(&[&node], node.join_command("chat:x", &fast)).await;
+        for i in 0..100 {
+            node.hub.sequence(&room("chat:x"), draft(&i.to_string()), now()).unwrap();
+            frames(&fast).await;
+        }
+        assert_eq!(slow.outbound.closing(), Some(CloseCode::SlowConsumer));
+        assert!(fast.outbound.closing().is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! The directory of peer nodes and the links to them: forwarding publishes
+//! to a room's owner, and sending the owner's sequenced messages to every
+//! other node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use starling_cluster::codec;
+use starling_cluster::membership::GossipStats;
+use starling_cluster::raft::{PeerAnswer, RaftGroup};
+use starling_cluster::transport::{PeerIdentity, PeerTransport, TransportError};
+use tracing::debug;
+
+use super::wire::{wrap, AppAnswer, AppMessageOut};
+use super::PublishError;
+use crate::fanout::{unix_micros, Draft, Position, RemoteFanout, RoomMessage};
+use crate::protocol::RoomName;
+use crate::replicate::SharedTable;
+use crate::telemetry;
+
+/// How long a forwarded publish may take.
+/// Longer than the owner's catch-up wait (`replicate::CATCH_UP_TIMEOUT`).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Who the nodes of the cluster are: the replicated Raft membership.
+pub trait NodeDirectory: Send + Sync + 'static {
+    /// Every node of the group (voters and learners, this one included):
+    /// name and recorded peer address.
+    fn nodes(&self) -> Vec<(String, String)>;
+    /// Whether `peer` is a member of the group at the address it spoke from.
+    fn is_member(&self, peer: &PeerIdentity) -> bool;
+    /// Counts a peer request refused as unauthorized.
+    fn record_refusal(&self);
+    /// Peer requests refused as unauthorized so far.
+    fn refused(&self) -> u64;
+}
+
+impl NodeDirectory for RaftGroup {
+    fn nodes(&self) -> Vec<(String, String)> {
+        let metrics = self.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, node)| (node.name.clone(), node.peer_addr.clone()))
+            .collect()
+    }
+
+    fn is_member(&self, peer: &PeerIdentity) -> bool {
+        RaftGroup::is_member(self, peer)
+    }
+
+    fn record_refusal(&self) {
+        RaftGroup::record_refusal(self);
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused_unauthorized()
+    }
+}
+
+/// The other nodes, their peer addresses, and the transport to reach them.
+///
+/// Who gets frames is decided by the replicated Raft membership (every
+/// voter and learner): a node is in it before any of its members' joins
+/// can commit, so no member's node is ever missed. Gossip only supplies a
+/// fresher address when a node came back somewhere else.
+pub struct PeerLinks {
+    me: String,
+    transport: Arc<dyn PeerTransport>,
+    group: Arc<dyn NodeDirectory>,
+    /// Node name -> peer address, from gossip (overrides Raft's record).
+    gossip_addrs: RwLock<HashMap<String, String>>,
+    /// Gossip datagrams refused (set once gossip starts), for metrics.
+    gossip_stats: std::sync::OnceLock<Arc<GossipStats>>,
+    shared: Arc<SharedTable>,
+}
+
+impl PeerLinks {
+    pub fn new(
+        me: &str,
+        transport: Arc<dyn PeerTransport>,
+        group: Arc<dyn NodeDirectory>,
+        shared: Arc<SharedTable>,
+    ) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks {
+            me: me.into(),
+            transport,
+            group,
+            gossip_addrs: RwLock::default(),
+            gossip_stats: std::sync::OnceLock::new(),
+            shared,
+        })
+    }
+
+    /// Every other node of the group, with the address to reach it.
+    fn directory(&self) -> BTreeMap<String, String> {
+        let mut nodes: BTreeMap<String, String> = self.group.nodes().into_iter().collect();
+        let gossip = self.gossip_addrs.read().unwrap_or_else(|p| p.into_inner());
+        for (name, addr) in gossip.iter() {
+            // Gossip's address wins only once that address answered a peer
+            // link as that node.
+            if self.transport.peer_identity(addr).is_some_and(|peer| peer.name == *name) {
+                nodes.insert(name.clone(), addr.clone());
+            }
+        }
+        nodes.remove(&self.me);
+        nodes
+    }
+
+    /// Whether `member`'s peer address answered a link handshake as that
+    /// node and incarnation (with TLS: a certificate valid for its name).
+    /// Opens the link if there is none yet, so a later call can say yes.
+    pub fn is_authenticated(&self, member: &starling_cluster::membership::ClusterMember) -> bool {
+        self.transport.warm(&member.peer_addr.to_string());
+        self.transport
+            .peer_identity(&member.peer_addr.to_string())
+            .is_some_and(|peer| peer.name == member.name && peer.incarnation == member.incarnation)
+    }
+
+    /// Records the address gossip reports for a node (and opens the link).
+    pub fn set_peer(&self, name: &str, peer_addr: &str) {
+        if name != self.me {
+            self.transport.warm(peer_addr);
+            self.gossip_addrs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.into(), peer_addr.into());
+        }
+    }
+
+    /// Forgets gossip's address for a node (Raft's record still applies).
+    pub fn remove_peer(&self, name: &str) {
+        self.gossip_addrs.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    /// Every outbound link's state, labelled with the peer's name.
+    pub fn link_scrape(&self) -> Vec<telemetry::LinkScrape> {
+        let names: HashMap<String, String> =
+            self.directory().into_iter().map(|(name, addr)| (addr, name)).collect();
+        self.transport
+            .link_stats()
+            .into_iter()
+            .map(|link| telemetry::LinkScrape {
+                peer: names.get(&link.addr).cloned().unwrap_or(link.addr),
+                connected: link.connected,
+                queued: link.queued,
+                sent: link.sent,
+            })
+            .collect()
+    }
+
+    /// Frames to peers dropped so far: (queue full, link lost).
+    pub fn drop_counts(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.transport
+            .stats()
+            .map(|s| (s.dropped_queue_full.load(Relaxed), s.dropped_link_lost.load(Relaxed)))
+    }
+
+    /// Peer input refused so far, by reason, for `starling_peer_rejected_total`;
+    /// `refused_deliveries` (counted by the hub) are `unauthorized` too.
+    pub fn rejection_counts(&self, refused_deliveries: u64) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut counts = Vec::new();
+        if let Some(stats) = self.transport.stats() {
+            counts.push(("tls", stats.rejected_tls.load(Relaxed)));
+            counts.push(("handshake", stats.rejected_handshake.load(Relaxed)));
+        }
+        counts.push(("unauthorized", self.group.refused() + refused_deliveries));
+        if let Some(gossip) = self.gossip_stats.get() {
+            counts.push(("gossip_unauthenticated", gossip.rejected_unauthenticated.load(Relaxed)));
+            counts.push(("gossip_malformed", gossip.rejected_malformed.load(Relaxed)));
+        }
+        counts
+    }
+
+    /// Connects the gossip counters (once, when gossip starts).
+    pub fn set_gossip_stats(&self, stats: Arc<GossipStats>) {
+        let _ = self.gossip_stats.set(stats);
+    }
+
+    fn peer_addr(&self, name: &str) -> Option<String> {
+        self.directory().remove(name)
+    }
+
+    pub(super) async fn forward_publish(
+        &self,
+        owner: &str,
+        room: &RoomName,
+        draft: &Draft,
+        published_at: Instant,
+    ) -> Result<Position, PublishError> {
+        let unreachable = || PublishError::OwnerUnreachable { owner: owner.to_string() };
+        let addr = self.peer_addr(owner).ok_or_else(unreachable)?;
+        let message = AppMessageOut::Publish {
+            room,
+            draft,
+            min_index: self.shared.applied_index(),
+            published_us: unix_micros(published_at),
+        };
+        let body = wrap(&message).map_err(|e| PublishError::Refused(e.to_string()))?;
+        let answer = self
+            .transport
+            .request(&addr, body, telemetry::current_traceparent(), FORWARD_TIMEOUT)
+            .await
+            .map_err(|error| match error {
+                TransportError::Timeout(_) => PublishError::TimedOut,
+                TransportError::Remote { message, .. } => PublishError::Refused(message),
+                TransportError::Unreachable(_) | TransportError::QueueFull(_) | TransportError::Closed => {
+                    unreachable()
+                }
+            })?;
+        let bad_answer = |e: codec::CodecError| PublishError::Refused(format!("bad answer: {e}"));
+        let PeerAnswer::App(bytes) = codec::decode::<PeerAnswer>(&answer).map_err(bad_answer)? else {
+            return Err(PublishError::Refused("bad answer from the room owner".into()));
+        };
+        let AppAnswer::Published(result) = codec::decode::<AppAnswer>(&bytes).map_err(bad_answer)?;
+        result.map_err(PublishError::from)
+    }
+}
+
+impl RemoteFanout for PeerLinks {
+    fn deliver(&self, message: &RoomMessage) {
+        let Ok(body) = wrap(&AppMessageOut::Deliver(message)) else { return };
+        let trace = telemetry::current_traceparent();
+        // One copy per node; every node gets every message of the room, in
+        // order (one link per peer), and keeps what its members need.
+        for (name, addr) in self.directory() {
+            if let Err(error) = self.transport.send(&addr, body.clone(), trace.clone()) {
+                debug!(peer = %name, %error, "delivery to peer dropped");
+            }
+        }
+    }
+}

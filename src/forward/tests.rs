@@ -1,0 +1,236 @@
+//! Publish routing between in-process nodes over the in-memory peer
+//! transport: the owner sequences, every node delivers, failures are typed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use starling_cluster::codec;
+use starling_cluster::raft::{PeerAnswer, PeerMessage};
+use starling_cluster::transport::{BoxFuture, MemoryNetwork, PeerHandler, PeerIdentity};
+
+use super::*;
+use crate::fanout::{FrameEncoder, Publisher, RoomMessage};
+use crate::testing::{apply_everywhere, frames, room, CoreNode, TextEncoder};
+
+/// The Raft membership, fixed.
+struct Members {
+    members: Vec<(String, String)>,
+    refused: AtomicU64,
+}
+
+impl NodeDirectory for Members {
+    fn nodes(&self) -> Vec<(String, String)> {
+        self.members.clone()
+    }
+    fn is_member(&self, peer: &PeerIdentity) -> bool {
+        self.members.iter().any(|(name, _)| *name == peer.name)
+    }
+    fn record_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// What the Raft group's handler does with application messages.
+struct Unwrap(AppHandler);
+
+impl PeerHandler for Unwrap {
+    fn request(
+        &self,
+        from: &PeerIdentity,
+        body: Vec<u8>,
+        trace: Option<String>,
+    ) -> BoxFuture<Result<Vec<u8>, String>> {
+        let Ok(PeerMessage::App(inner)) = codec::decode::<PeerMessage>(&body) else {
+            return Box::pin(async { Err("not an app message".to_string()) });
+        };
+        let answer = self.0.request(from, inner, trace);
+        Box::pin(async move { codec::encode(&PeerAnswer::App(answer.await?)).map_err(|e| e.to_string()) })
+    }
+    fn one_way(&self, from: &PeerIdentity, body: Vec<u8>, trace: Option<String>) {
+        if let Ok(PeerMessage::App(inner)) = codec::decode::<PeerMessage>(&body) {
+            self.0.one_way(from, inner, trace);
+        }
+    }
+}
+
+struct Cluster {
+    network: Arc<MemoryNetwork>,
+    nodes: Vec<CoreNode>,
+    routers: Vec<Router>,
+    directories: Vec<Arc<Members>>,
+}
+
+/// `count` nodes (incarnation 0, as the memory transport names them), each
+/// knowing the first `members` of them as the Raft membership.
+fn cluster(count: usize, members: usize) -> Cluster {
+    let network = MemoryNetwork::new();
+    let names = ["node-1", "node-2", "node-3"];
+    let addr = |i: usize| format!("mem-{i}");
+    let membership: Vec<(String, String)> = (0..members).map(|i| (names[i].to_string(), addr(i))).collect();
+    let mut cluster = Cluster {
+        network: Arc::clone(&network),
+        nodes: Vec::new(),
+        routers: Vec::new(),
+        directories: Vec::new(),
+    };
+    for (i, name) in names.iter().enumerate().take(count) {
+        let node = CoreNode::new(name, 0);
+        let directory = Arc::new(Members { members: membership.clone(), refused: AtomicU64::new(0) });
+        let transport = Arc::new(network.transport(&addr(i)));
+        let links = PeerLinks::new(name, transport, Arc::clone(&directory) as _, Arc::clone(&node.shared));
+        node.hub.set_remote(links.clone());
+        let handler = AppHandler {
+            hub: Arc::clone(&node.hub),
+            shared: Arc::clone(&node.shared),
+            group: Arc::clone(&directory) as _,
+        };
+        network.register(&addr(i), name, Arc::new(Unwrap(handler)));
+        cluster.routers.push(Router::cluster(Arc::clone(&node.hub), links));
+        cluster.directories.push(directory);
+        cluster.nodes.push(node);
+    }
+    cluster
+}
+
+fn draft(node: &CoreNode, user: &str, data: &str) -> Draft {
+    let conn = crate::protocol::ConnId::new(crate::protocol::ConnId::tag_of(node.name, node.incarnation), 99);
+    Draft {
+        publisher: Some(Publisher { user: Arc::from(user), conn }),
+        event: None,
+        data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_any_node_is_sequenced_by_the_owner_and_reaches_every_member_once_in_order() {
+    let cluster = cluster(3, 3);
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
+    for (node, member) in cluster.nodes.iter().zip(&members) {
+        apply_everywhere(&all, node.join_command("chat:x", member)).await;
+    }
+    for member in &members {
+        frames(member).await;
+    }
+    let epoch = cluster.nodes[0].hub.owner_of(&room("chat:x")).unwrap().1;
+    // node-1 owns the room (its member joined first).
+    let mut expected = Vec::new();
+    for (i, router) in cluster.routers.iter().enumerate().cycle().take(6) {
+        let data = format!("from-{i}-{}", expected.len());
+        let position = router
+            .publish(&room("chat:x"), draft(&cluster.nodes[i], "u", &data), Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(position, Position { epoch, offset: expected.len() as u64 + 1 });
+        expected.push(format!("msg:{epoch}:{}:{data}", position.offset));
+    }
+    for member in &members {
+        assert_eq!(frames(member).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn failures_across_nodes_are_typed_and_say_whether_to_retry() {
+    let cluster = cluster(2, 2);
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    let alice = cluster.nodes[0].session("alice", &encoder);
+    apply_everywhere(&all, cluster.nodes[0].join_command("chat:x", &alice)).await;
+    let (router, node_2) = (&cluster.routers[1], &cluster.nodes[1]);
+    let chat_x = room("chat:x");
+    let publish = || router.publish(&chat_x, draft(node_2, "bob", "x"), Instant::now());
+
+    assert_eq!(
+        router.publish(&room("chat:empty"), draft(node_2, "bob", "x"), Instant::now()).await,
+        Err(PublishError::NoMembers)
+    );
+
+    // The answer is lost on its way back: the message may have been delivered.
+    cluster.network.cut_one_way("mem-0", "mem-1");
+    let error = publish().await.unwrap_err();
+    assert_eq!(error, PublishError::TimedOut);
+    assert!(error.retryable());
+    cluster.network.heal_all();
+    assert_eq!(frames(&alice).await.len(), 1, "the timed-out publish was in fact sequenced");
+
+    cluster.network.cut("mem-0", "mem-1");
+    let error = publish().await.unwrap_err();
+    assert_eq!(error, PublishError::OwnerUnreachable { owner: "node-1".into() });
+    assert!(error.retryable());
+    cluster.network.heal_all();
+
+    // The owner is no longer the owner (node-1 was evicted and node-2's
+    // table does not know yet).
+    let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 0 };
+    cluster.nodes[0].replicator.propose(evict).await.unwrap();
+    assert_eq!(publish().await, Err(PublishError::NoMembers));
+}
+
+#[tokio::test]
+async fn a_node_outside_the_membership_cannot_have_publishes_sequenced_or_deliver_messages() {
+    // node-3 reaches the others but is not a Raft member.
+    let cluster = cluster(3, 2);
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    let alice = cluster.nodes[0].session("alice", &encoder);
+    let bob = cluster.nodes[1].session("bob", &encoder);
+    apply_everywhere(&all, cluster.nodes[0].join_command("chat:x", &alice)).await;
+    apply_everywhere(&all, cluster.nodes[1].join_command("chat:x", &bob)).await;
+    frames(&bob).await;
+    frames(&alice).await;
+    let node_3 = &cluster.nodes[2];
+    let error = cluster.routers[2]
+        .publish(&room("chat:x"), draft(node_3, "eve", "forged"), Instant::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, PublishError::Refused(message) if message.contains("not authorized")),
+        "{error:?}"
+    );
+    assert!(!error.retryable());
+    assert_eq!(cluster.directories[0].refused(), 1);
+    // A member forwarding a publish in another node's connection's name.
+    let forged = draft(&cluster.nodes[0], "alice", "forged");
+    let error = cluster.routers[1].publish(&room("chat:x"), forged, Instant::now()).await.unwrap_err();
+    assert!(matches!(error, PublishError::Refused(_)));
+    // A delivery from node-3, which does not own the room, is refused.
+    let epoch = cluster.nodes[1].hub.owner_of(&room("chat:x")).unwrap().1;
+    let message =
+        RoomMessage::new(room("chat:x"), Position { epoch, offset: 1 }, draft(node_3, "eve", "x"), 0);
+    let handler = AppHandler {
+        hub: Arc::clone(&cluster.nodes[1].hub),
+        shared: Arc::clone(&cluster.nodes[1].shared),
+        group: Arc::clone(&cluster.directories[1]) as _,
+    };
+    let body = codec::encode(&wire::AppMessageOut::Deliver(&message)).unwrap();
+    handler.one_way(&PeerIdentity { name: "node-3".into(), incarnation: 0 }, body, None);
+    assert_eq!(cluster.nodes[1].hub.refused_deliveries(), 1);
+    assert!(frames(&bob).await.is_empty());
+}
+
+#[test]
+fn the_borrowed_form_of_a_message_decodes_as_the_owned_form() {
+    let message = RoomMessage {
+        room: room("chat:x"),
+        position: Position { epoch: 3, offset: 4 },
+        publisher: Some(Publisher { user: "bob".into(), conn: crate::protocol::ConnId(7) }),
+        event: Some("client-typing".into()),
+        data: bytes::Bytes::from_static(b"{\"a\":1}"),
+        published_us: 1234,
+    };
+    let bytes = codec::encode(&wire::AppMessageOut::Deliver(&message)).unwrap();
+    let wire::AppMessage::Deliver(decoded) = codec::decode::<wire::AppMessage>(&bytes).unwrap() else {
+        panic!("decoded as a publish");
+    };
+    assert_eq!(decoded, message);
+    let draft = Draft { publisher: None, event: None, data: bytes::Bytes::from_static(b"1") };
+    let out =
+        wire::AppMessageOut::Publish { room: &room("chat:x"), draft: &draft, min_index: 5, published_us: 6 };
+    let decoded = codec::decode::<wire::AppMessage>(&codec::encode(&out).unwrap()).unwrap();
+    assert!(matches!(decoded, wire::AppMessage::Publish { min_index: 5, published_us: 6, .. }));
+}

@@ -1,0 +1,56 @@
+//! The application messages nodes send each other, and their answers.
+//!
+//! Messages are structured ([`RoomMessage`], [`Draft`]), never one client
+//! protocol's text. Every byte from a peer goes through the bounded
+//! `codec::decode`; room names and connection ids validate as they decode.
+
+use serde::{Deserialize, Serialize};
+use starling_cluster::codec;
+use starling_cluster::raft::PeerMessage;
+
+use crate::fanout::{Draft, Position, RoomMessage};
+use crate::protocol::RoomName;
+
+/// Application messages between nodes, as received.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum AppMessage {
+    /// To the owner: sequence this. `min_index` is the sender's applied log
+    /// index; the owner first catches up to it, so it knows every member
+    /// the sender knew of. `published_us`: when the publisher's node
+    /// accepted it (wall clock, microseconds since the Unix epoch).
+    Publish { room: RoomName, draft: Draft, min_index: u64, published_us: u64 },
+    /// From the owner: a sequenced message.
+    Deliver(RoomMessage),
+}
+
+/// The same messages, borrowed, for sending: serializes exactly as
+/// [`AppMessage`] (same variants in the same order), without a copy.
+#[derive(Serialize)]
+pub(super) enum AppMessageOut<'a> {
+    Publish { room: &'a RoomName, draft: &'a Draft, min_index: u64, published_us: u64 },
+    Deliver(&'a RoomMessage),
+}
+
+/// Why the owner did not sequence a forwarded publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerRefusal {
+    /// The room has no members (it closed while the publish travelled).
+    NoMembers,
+    /// The room has another owner now.
+    NotOwner { owner: String },
+    /// The owner could not catch up with the sender's log in time.
+    Behind,
+    /// The room's epoch has used up its offsets.
+    OffsetsExhausted,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum AppAnswer {
+    Published(Result<Position, OwnerRefusal>),
+}
+
+/// An application message wrapped for the peer transport.
+pub(super) fn wrap(message: &AppMessageOut<'_>) -> Result<Vec<u8>, codec::CodecError> {
+    let inner = codec::encode(message)?;
+    codec::encode(&PeerMessage::App(inner))
+}

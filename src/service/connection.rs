@@ -1,0 +1,156 @@
+//! One connection's rooms, as every wire protocol keeps them: joins, leaves
+//! and publishes checked against what the connection is in, and the final
+//! removal from every room when the connection ends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::{PublishOrigin, RoomService, ServiceError};
+use crate::fanout::{Draft, Position, Publisher};
+use crate::protocol::{ConnId, RoomName};
+use crate::rooms::RoomCommand;
+
+/// The rooms of one connection.
+pub struct ConnectionRooms {
+    service: Arc<RoomService>,
+    conn: ConnId,
+    user: Arc<str>,
+    /// Rooms this connection is in, as confirmed by applied joins.
+    rooms: HashSet<RoomName>,
+    /// Whether a join was ever proposed (it may have committed even if the
+    /// connection ended before its reply).
+    proposed_join: bool,
+    /// The join proposal under way. It runs as its own task so that a
+    /// connection ending mid-join can wait for it before proposing its
+    /// disconnect (otherwise the two could commit in either order).
+    pending_join: Option<JoinHandle<Result<u64, ServiceError>>>,
+}
+
+impl ConnectionRooms {
+    pub fn new(service: Arc<RoomService>, conn: ConnId, user: Arc<str>) -> ConnectionRooms {
+        ConnectionRooms {
+            service,
+            conn,
+            user,
+            rooms: HashSet::new(),
+            proposed_join: false,
+            pending_join: None,
+        }
+    }
+
+    pub fn service(&self) -> &Arc<RoomService> {
+        &self.service
+    }
+
+    pub fn contains(&self, room: &RoomName) -> bool {
+        self.rooms.contains(room)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Joins `room` with `meta` (JSON object text) and returns its epoch;
+    /// the member is in presence on every node once this returns. The
+    /// caller sends its reply from [`RoomService::join_point`].
+    pub async fn join(&mut self, room: &RoomName, meta: String) -> Result<u64, ServiceError> {
+        let service = &self.service;
+        let max_members = service.check_join(room, &meta, self.rooms.len(), self.rooms.contains(room))?;
+        self.proposed_join = true;
+        let (service, room_name, user, conn) =
+            (Arc::clone(service), room.clone(), Arc::clone(&self.user), self.conn);
+        let task =
+            tokio::spawn(
+                async move { service.propose_join(&room_name, conn, &user, meta, max_members).await },
+            );
+        let proposed = self.pending_join.insert(task).await;
+        self.pending_join = None;
+        let epoch = proposed.unwrap_or_else(|_| {
+            Err(ServiceError::Unavailable(crate::replicate::ReplicateError::Unavailable(
+                "join task failed".into(),
+            )))
+        })?;
+        self.rooms.insert(room.clone());
+        self.service.metrics.joins.increment(1);
+        Ok(epoch)
+    }
+
+    /// Leaves `room`; the member is gone from presence on every node once
+    /// this returns.
+    pub async fn leave(&mut self, room: &RoomName) -> Result<(), ServiceError> {
+        if !self.rooms.contains(room) {
+            return Err(ServiceError::NotJoined);
+        }
+        let command = RoomCommand::Leave { room: room.clone(), conn: self.conn };
+        self.service.replicator.propose(command).await?;
+        self.rooms.remove(room);
+        self.service.metrics.leaves.increment(1);
+        Ok(())
+    }
+
+    /// The checks of a member publish that come before anything else: the
+    /// namespace lets members publish, the data fits, and the connection is
+    /// in the room.
+    pub fn check_publish(&self, room: &RoomName, data_len: usize) -> Result<(), ServiceError> {
+        self.service.check_publish(room, data_len, PublishOrigin::Member)?;
+        if !self.rooms.contains(room) {
+            return Err(ServiceError::NotJoined);
+        }
+        Ok(())
+    }
+
+    /// Publishes to a room this connection is in, as this connection.
+    pub async fn publish(
+        &self,
+        room: &RoomName,
+        event: Option<Arc<str>>,
+        data: bytes::Bytes,
+        received_at: Instant,
+    ) -> Result<Position, ServiceError> {
+        self.check_publish(room, data.len())?;
+        let publisher = Publisher { user: Arc::clone(&self.user), conn: self.conn };
+        let draft = Draft { publisher: Some(publisher), event, data };
+        Ok(self.service.router.publish(room, draft, received_at).await?)
+    }
+
+    /// Removes the connection from every room it is in. Retried a few
+    /// times (a cluster may be electing a leader); if it still fails the
+    /// members stay until this node's incarnation is evicted. `stopping`
+    /// says whether the node is going away, which a stopping node does not
+    /// wait out: presence is ephemeral, and its incarnation is evicted when
+    /// it is gone.
+    pub async fn leave_all(&mut self, stopping: impl Fn() -> bool) {
+        if self.rooms.is_empty() && !self.proposed_join {
+            return;
+        }
+        if let Some(join) = self.pending_join.take() {
+            let _ = join.await;
+        }
+        for attempt in 1..=5u32 {
+            let command = RoomCommand::ConnGone { conn: self.conn };
+            match self.service.replicator.propose(command).await {
+                Ok(_) => {
+                    self.rooms.clear();
+                    return;
+                }
+                Err(error) if stopping() => {
+                    debug!(%error, "node stopping; connection left in its rooms");
+                    return;
+                }
+                Err(error) => {
+                    debug!(%error, attempt, "could not remove the connection from its rooms yet");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                }
+            }
+        }
+        warn!("gave up removing a closed connection from its rooms");
+    }
+}
