@@ -4,7 +4,8 @@
 //!
 //! This module decides *when* cluster-wide commands are proposed; what
 //! they do is the room table's business, and how they are replicated is
-//! `replicate`'s and the `starling-cluster` crate's.
+//! `replicate`'s and the `starling-cluster` crate's. The autopilot's rules
+//! live in `planner` (pure, unit-tested); `autopilot` observes and acts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -13,27 +14,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::ChangeMembers;
 use serde::Serialize;
 use starling_cluster::faults::{FaultyGossip, FaultyPeerTransport, LinkFaults};
 use starling_cluster::membership::{
-    ClusterChange, ClusterMember, GossipStats, Membership, MembershipConfig, SealedUdpTransport, Transport,
-    UdpTransport,
+    ClusterMember, GossipStats, Membership, MembershipConfig, SealedUdpTransport, Transport, UdpTransport,
 };
-use starling_cluster::raft::{node_id, GroupConfig, PeerNode, RaftGroup};
+use starling_cluster::raft::{node_id, GroupConfig, RaftGroup};
 use starling_cluster::transport::{PeerTransport, TcpTransport, TcpTransportConfig};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::fanout::Hub;
 use crate::forward::{AppHandler, PeerLinks};
-use crate::replicate::{CommandValidator, Replicator, SharedTable, TableApplier};
-use crate::rooms::RoomCommand;
+use crate::replicate::{CommandValidator, SharedTable, TableApplier};
 
-/// How often the autopilot reconciles.
-const TICK: Duration = Duration::from_millis(300);
+mod autopilot;
+mod planner;
+
+pub use autopilot::Autopilot;
 
 /// A running cluster membership of this node.
 pub struct ClusterRuntime {
@@ -241,235 +240,4 @@ pub struct ClusterNodeView {
     pub voter: bool,
     /// Log entries behind the leader (known on the leader only).
     pub lag: Option<u64>,
-}
-
-/// What the autopilot needs.
-pub struct Autopilot {
-    pub name: String,
-    pub incarnation: u64,
-    pub bootstrap_expect: usize,
-    pub voters: usize,
-    pub replace_dead_voter_after: Duration,
-    pub group: Arc<RaftGroup>,
-    pub membership: Arc<Membership>,
-    pub links: Arc<PeerLinks>,
-    pub replicator: Arc<Replicator>,
-    /// Reports this node's open connections for gossip.
-    pub connections: Arc<dyn Fn() -> usize + Send + Sync>,
-}
-
-impl Autopilot {
-    /// Runs until `stop`: follows gossip, forms the group, adds learners
-    /// and promotes voters, and evicts dead incarnations.
-    pub async fn run(self, stop: CancellationToken) {
-        let mut changes = self.membership.subscribe();
-        let mut tick = tokio::time::interval(TICK);
-        // (node, incarnation) seen leaving, to evict once a leader can.
-        let mut departed: BTreeSet<(String, u64)> = BTreeSet::new();
-        let mut evicted_previous_self = false;
-        // Voters missing from gossip, and since when.
-        let mut absent_since: BTreeMap<u64, Instant> = BTreeMap::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                change = changes.recv() => match change {
-                    Some(ClusterChange::Add(member) | ClusterChange::Update(member)) => {
-                        self.links.set_peer(&member.name, &member.peer_addr.to_string());
-                        // Back from a pause or a cut: it is not departed.
-                        departed.remove(&(member.name.clone(), member.incarnation));
-                    }
-                    Some(ClusterChange::Remove(member)) => {
-                        info!(node = %member.name, incarnation = member.incarnation, "node left or died");
-                        let replaced = self.membership.live_members().iter().any(|m| m.name == member.name);
-                        if !replaced {
-                            self.links.remove_peer(&member.name);
-                        }
-                        departed.insert((member.name, member.incarnation));
-                    }
-                    None => return,
-                },
-                _ = tick.tick() => {
-                    // Proposals can wait for a quorum; stopping must not.
-                    let reconcile = async {
-                        self.bootstrap_if_due().await;
-                        if !evicted_previous_self {
-                            evicted_previous_self = self.evict_previous_self().await;
-                        }
-                        if self.group.is_leader() {
-                            self.evict_departed(&mut departed).await;
-                            self.add_and_promote(&mut absent_since).await;
-                        }
-                        self.publish_state().await;
-                    };
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = reconcile => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// The node with the lowest name among the first `bootstrap_expect`
-    /// live nodes initializes the group, once; everyone else waits.
-    async fn bootstrap_if_due(&self) {
-        let initialized = self.group.raft().is_initialized().await.unwrap_or(true);
-        if initialized {
-            return;
-        }
-        let mut live = self.membership.live_members();
-        // A group already exists if anyone is in one: this node (with an
-        // empty data dir) must be added by that group's leader instead.
-        if live.iter().any(|m| m.role == "leader" || m.role == "follower") {
-            return;
-        }
-        live.sort_by(|a, b| a.name.cmp(&b.name));
-        if live.len() < self.bootstrap_expect || live[0].name != self.name {
-            return;
-        }
-        // Every founder must have answered a peer link as itself: gossip
-        // alone does not put a node into the group.
-        let founders_verified = live
-            .iter()
-            .take(self.bootstrap_expect)
-            .all(|m| m.name == self.name || self.links.is_authenticated(m));
-        if !founders_verified {
-            debug!("waiting for authenticated links to every founder");
-            return;
-        }
-        let founders: BTreeMap<u64, PeerNode> = live
-            .iter()
-            .take(self.bootstrap_expect)
-            .map(|m| {
-                (node_id(&m.name), PeerNode { name: m.name.clone(), peer_addr: m.peer_addr.to_string() })
-            })
-            .collect();
-        info!(nodes = ?founders.values().map(|n| n.name.as_str()).collect::<Vec<_>>(), "forming the raft group");
-        if let Err(error) = self.group.initialize(founders).await {
-            warn!(%error, "forming the raft group failed");
-        }
-    }
-
-    /// After a restart, removes whatever members this node's earlier
-    /// incarnations left in the table.
-    async fn evict_previous_self(&self) -> bool {
-        if !self.replicator.is_ready() {
-            return false;
-        }
-        let command = RoomCommand::EvictNode {
-            node: self.name.as_str().into(),
-            incarnation: self.incarnation.saturating_sub(1),
-        };
-        self.replicator.propose(command).await.is_ok()
-    }
-
-    async fn evict_departed(&self, departed: &mut BTreeSet<(String, u64)>) {
-        // Also any incarnation superseded by a newer live one (a restart
-        // noticed before its old incarnation timed out). A live incarnation is superseded once a newer one of its name
-        // answered a peer link as itself: gossip alone never evicts another
-        // incarnation.
-        let live = self.membership.live_members();
-        let superseded = |node: &str, incarnation: u64| {
-            live.iter()
-                .any(|m| m.name == node && m.incarnation > incarnation && self.links.is_authenticated(m))
-        };
-        for (node, incarnation) in self.replicator.node_incarnations() {
-            if superseded(&node, incarnation) {
-                departed.insert((node.to_string(), incarnation));
-            }
-        }
-        // Never evict an incarnation that gossip still sees alive (it came
-        // back, or another process took its name) unless it is superseded.
-        let alive = self.membership.live_incarnations();
-        departed.retain(|(node, incarnation)| {
-            superseded(node, *incarnation)
-                || !alive.iter().any(|m| m.name == *node && m.incarnation == *incarnation)
-        });
-        let pending: Vec<_> = departed.iter().cloned().collect();
-        for (node, incarnation) in pending {
-            let command = RoomCommand::EvictNode { node: node.as_str().into(), incarnation };
-            match self.replicator.propose(command).await {
-                Ok(effects) => {
-                    info!(%node, incarnation, left = effects.len(), "evicted members of a departed node");
-                    departed.remove(&(node, incarnation));
-                }
-                Err(error) => debug!(%node, %error, "eviction not committed yet"),
-            }
-        }
-    }
-
-    /// Adds live nodes missing from the group as learners and promotes
-    /// learners while there are fewer voters than wanted.
-    async fn add_and_promote(&self, absent_since: &mut BTreeMap<u64, Instant>) {
-        let metrics = self.group.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
-        let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
-        let mut voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let live: BTreeSet<u64> = self.membership.live_members().iter().map(|m| node_id(&m.name)).collect();
-        let now = Instant::now();
-        absent_since.retain(|id, _| voters.contains(id) && !live.contains(id));
-        for voter in voters.iter().filter(|id| !live.contains(id)) {
-            absent_since.entry(*voter).or_insert(now);
-        }
-        for member in self.membership.live_members() {
-            let id = node_id(&member.name);
-            let node = PeerNode { name: member.name.clone(), peer_addr: member.peer_addr.to_string() };
-            // Gossip alone never adds a learner or moves a node's address:
-            // the node must have answered a peer link at that address as
-            // itself (its name bound to its certificate).
-            if member.name != self.name && !self.links.is_authenticated(&member) {
-                continue;
-            }
-            if known.contains(&id) {
-                // A node back at a new address (a restart elsewhere): Raft
-                // must dial the new one.
-                if membership.get_node(&id).is_some_and(|recorded| recorded.peer_addr != node.peer_addr) {
-                    info!(node = %member.name, addr = %node.peer_addr, "updating a node's peer address");
-                    let update = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
-                    if let Err(error) = self.group.raft().change_membership(update, false).await {
-                        debug!(%error, "address update failed");
-                    }
-                }
-                continue;
-            }
-            info!(node = %member.name, "adding node to the raft group as a learner");
-            if let Err(error) = self.group.raft().add_learner(id, node, false).await {
-                debug!(%error, "add learner failed");
-            }
-        }
-        let learners: Vec<u64> = membership.learner_ids().collect();
-        let Some(learner) = learners.into_iter().find(|id| live.contains(id)) else {
-            return;
-        };
-        if voters.len() < self.voters {
-            voters.insert(learner);
-            info!(learner, "promoting a learner to voter");
-        } else {
-            // A voter dead for long enough gives its seat to a live learner.
-            let dead = absent_since
-                .iter()
-                .find(|(_, since)| now.duration_since(**since) >= self.replace_dead_voter_after);
-            let Some((&dead, _)) = dead else {
-                return;
-            };
-            voters.remove(&dead);
-            voters.insert(learner);
-            info!(dead, learner, "replacing a dead voter with a live learner");
-        }
-        if let Err(error) = self.group.raft().change_membership(voters, false).await {
-            debug!(%error, "membership change failed");
-        }
-    }
-
-    async fn publish_state(&self) {
-        let role = if self.group.is_leader() {
-            "leader"
-        } else if self.group.metrics().borrow().current_leader.is_some() {
-            "follower"
-        } else {
-            "candidate"
-        };
-        self.membership.set_role(role).await;
-        self.membership.set_connections((self.connections)() as u64).await;
-    }
 }

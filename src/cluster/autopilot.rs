@@ -1,0 +1,202 @@
+//! The autopilot's executor: follows gossip, and every tick gathers an
+//! [`Observation`] (gossip, Raft metrics, peer links, the room table), asks
+//! the [`Planner`] what to do and does it (openraft `initialize`,
+//! `add_learner`, `change_membership`, `EvictNode` proposals, the role in
+//! gossip), reporting outcomes back to the planner.
+//!
+//! It must not decide anything itself: every rule lives in `planner`, where
+//! it is unit-tested. What it owns is the I/O, the tick and stopping on
+//! cancellation even while a proposal waits for a quorum.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ChangeMembers;
+use starling_cluster::membership::{ClusterChange, Membership};
+use starling_cluster::raft::RaftGroup;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::planner::{Action, LiveNode, Observation, Planner, PlannerConfig, RaftMembership, VoterChange};
+use crate::forward::PeerLinks;
+use crate::replicate::Replicator;
+use crate::rooms::RoomCommand;
+
+/// How often the autopilot reconciles.
+const TICK: Duration = Duration::from_millis(300);
+
+/// What the autopilot needs.
+pub struct Autopilot {
+    pub name: String,
+    pub incarnation: u64,
+    pub bootstrap_expect: usize,
+    pub voters: usize,
+    pub replace_dead_voter_after: Duration,
+    pub group: Arc<RaftGroup>,
+    pub membership: Arc<Membership>,
+    pub links: Arc<PeerLinks>,
+    pub replicator: Arc<Replicator>,
+    /// Reports this node's open connections for gossip.
+    pub connections: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl Autopilot {
+    /// Runs until `stop`: follows gossip, forms the group, adds learners
+    /// and promotes voters, and evicts dead incarnations.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut planner = Planner::new(PlannerConfig {
+            name: self.name.clone(),
+            incarnation: self.incarnation,
+            bootstrap_expect: self.bootstrap_expect,
+            voters: self.voters,
+            replace_dead_voter_after: self.replace_dead_voter_after,
+        });
+        let mut changes = self.membership.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                change = changes.recv() => match change {
+                    Some(ClusterChange::Add(member) | ClusterChange::Update(member)) => {
+                        self.links.set_peer(&member.name, &member.peer_addr.to_string());
+                        planner.node_up(&member.name, member.incarnation);
+                    }
+                    Some(ClusterChange::Remove(member)) => {
+                        info!(node = %member.name, incarnation = member.incarnation, "node left or died");
+                        let replaced = self.membership.live_members().iter().any(|m| m.name == member.name);
+                        if !replaced {
+                            self.links.remove_peer(&member.name);
+                        }
+                        planner.node_gone(&member.name, member.incarnation);
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    // Proposals can wait for a quorum; stopping must not.
+                    let reconcile = async {
+                        let observation = self.observe().await;
+                        for action in planner.tick(&observation) {
+                            self.carry_out(action, &mut planner).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = reconcile => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the planner looks at, read now.
+    async fn observe(&self) -> Observation {
+        let initialized = self.group.raft().is_initialized().await.unwrap_or(true);
+        let (is_leader, leader_known, raft) = {
+            let metrics = self.group.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let raft = RaftMembership {
+                voters: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+                addresses: membership.nodes().map(|(id, node)| (*id, node.peer_addr.clone())).collect(),
+            };
+            (metrics.current_leader == Some(self.group.id()), metrics.current_leader.is_some(), raft)
+        };
+        let live = self
+            .membership
+            .live_members()
+            .into_iter()
+            .map(|m| {
+                let itself = m.name == self.name && m.incarnation == self.incarnation;
+                LiveNode {
+                    authenticated: !itself && self.links.is_authenticated(&m),
+                    peer_addr: m.peer_addr.to_string(),
+                    name: m.name,
+                    incarnation: m.incarnation,
+                    role: m.role,
+                }
+            })
+            .collect();
+        let live_incarnations =
+            self.membership.live_incarnations().into_iter().map(|m| (m.name, m.incarnation)).collect();
+        // Walking the table is only worth it where it is used.
+        let hosting = if is_leader {
+            self.replicator
+                .node_incarnations()
+                .into_iter()
+                .map(|(node, inc)| (node.to_string(), inc))
+                .collect()
+        } else {
+            Default::default()
+        };
+        Observation {
+            initialized,
+            is_leader,
+            leader_known,
+            live,
+            live_incarnations,
+            raft,
+            hosting,
+            now: Instant::now(),
+        }
+    }
+
+    async fn carry_out(&self, action: Action, planner: &mut Planner) {
+        match action {
+            Action::Initialize { founders } => {
+                info!(nodes = ?founders.values().map(|n| n.name.as_str()).collect::<Vec<_>>(), "forming the raft group");
+                if let Err(error) = self.group.initialize(founders).await {
+                    warn!(%error, "forming the raft group failed");
+                }
+            }
+            Action::WaitForFounderLinks { unverified } => {
+                debug!(?unverified, "waiting for authenticated links to every founder");
+            }
+            Action::EvictPreviousSelf { incarnation } => {
+                let command = RoomCommand::EvictNode { node: self.name.as_str().into(), incarnation };
+                if self.replicator.propose(command).await.is_ok() {
+                    planner.previous_self_evicted();
+                }
+            }
+            Action::Evict { node, incarnation } => {
+                let command = RoomCommand::EvictNode { node: node.as_str().into(), incarnation };
+                match self.replicator.propose(command).await {
+                    Ok(effects) => {
+                        info!(%node, incarnation, left = effects.len(), "evicted members of a departed node");
+                        planner.evicted(&node, incarnation);
+                    }
+                    Err(error) => debug!(%node, %error, "eviction not committed yet"),
+                }
+            }
+            Action::SetNodeAddress { id, node } => {
+                info!(node = %node.name, addr = %node.peer_addr, "updating a node's peer address");
+                let update = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+                if let Err(error) = self.group.raft().change_membership(update, false).await {
+                    debug!(%error, "address update failed");
+                }
+            }
+            Action::AddLearner { id, node } => {
+                info!(node = %node.name, "adding node to the raft group as a learner");
+                if let Err(error) = self.group.raft().add_learner(id, node, false).await {
+                    debug!(%error, "add learner failed");
+                }
+            }
+            Action::ChangeVoters { voters, change } => {
+                match change {
+                    VoterChange::Promote { learner } => info!(learner, "promoting a learner to voter"),
+                    VoterChange::Replace { dead, learner } => {
+                        info!(dead, learner, "replacing a dead voter with a live learner")
+                    }
+                }
+                if let Err(error) = self.group.raft().change_membership(voters, false).await {
+                    debug!(%error, "membership change failed");
+                }
+            }
+            Action::PublishRole(role) => {
+                self.membership.set_role(role.as_str()).await;
+                self.membership.set_connections((self.connections)() as u64).await;
+            }
+        }
+    }
+}
