@@ -52,28 +52,28 @@ fn crate_paths(code: &str) -> BTreeSet<String> {
         }
         let rest = &code[at + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            // Top-level names of a grouped import: depth-0 identifiers.
+            // Top-level names of a grouped import: the first segment of
+            // each depth-0 path (`{a::{b, c}, d::e}` names a and d).
             let mut depth = 0;
             let mut name = String::new();
+            let mut in_tail = false;
             for c in group.chars() {
                 match c {
                     '{' => depth += 1,
                     '}' if depth == 0 => break,
                     '}' => depth -= 1,
-                    ':' | ',' | ' ' | '\n' if depth == 0 => {
+                    ',' if depth == 0 => {
                         if !name.is_empty() && name != "self" {
                             found.insert(std::mem::take(&mut name));
                         }
-                        name.clear();
-                        if c == ':' {
-                            depth += 0;
-                        }
+                        in_tail = false;
                     }
-                    c if depth == 0 && (c.is_alphanumeric() || c == '_') => name.push(c),
+                    ':' if depth == 0 => in_tail = true,
+                    c if depth == 0 && !in_tail && (c.is_alphanumeric() || c == '_') => name.push(c),
                     _ => {}
                 }
             }
-            if !name.is_empty() {
+            if !name.is_empty() && name != "self" {
                 found.insert(name);
             }
         } else {
@@ -130,7 +130,8 @@ fn the_core_sits_below_the_wire_protocols() {
     let allowed: &[(&str, &[&str])] = &[
         ("protocol", &[]),
         ("rooms", &["protocol"]),
-        ("config", &["protocol"]),
+        // Reading the cluster's PEM files and checking certificate names.
+        ("config", &["protocol", "tls", "certs"]),
         ("replicate", &["rooms", "protocol"]),
         ("fanout", &["replicate", "rooms", "protocol", "config", "telemetry"]),
         ("forward", &["fanout", "replicate", "rooms", "protocol", "telemetry"]),

@@ -42,7 +42,8 @@ impl PeerHandler for AppHandler {
             if !group.is_member(&peer) || !senders_own {
                 group.record_refusal();
                 debug!(peer = %peer.name, "refusing a forwarded publish");
-                return Err("not authorized".into());
+                let refused: Result<crate::fanout::Position, _> = Err(OwnerRefusal::NotAuthorized);
+                return codec::encode(&AppAnswer::Published(refused)).map_err(|e| e.to_string());
             }
             let published_at = instant_from_unix_micros(published_us);
             let span = telemetry::remote_sequence_span(room.as_str(), &peer.name, trace.as_deref());

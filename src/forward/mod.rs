@@ -49,6 +49,10 @@ pub enum PublishError {
     /// The room's epoch used up its offsets (2^64 messages; never in practice).
     #[error("room offsets exhausted")]
     OffsetsExhausted,
+    /// The owner does not take publishes from this node (not a member of
+    /// the group, or not its own connection's publish). Not retryable.
+    #[error("the room owner does not accept publishes from this node")]
+    NotAuthorized,
     /// The owner refused the request itself: a bug or a node that is not a
     /// member. Not retryable.
     #[error("the room owner refused the publish: {0}")]
@@ -58,7 +62,10 @@ pub enum PublishError {
 impl PublishError {
     /// Whether sending the same publish again may succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(self, PublishError::Refused(_) | PublishError::OffsetsExhausted)
+        !matches!(
+            self,
+            PublishError::Refused(_) | PublishError::OffsetsExhausted | PublishError::NotAuthorized
+        )
     }
 
     /// A short machine-readable reason, for logs and metrics.
@@ -70,6 +77,7 @@ impl PublishError {
             PublishError::TimedOut => "timed_out",
             PublishError::OwnerBehind => "owner_behind",
             PublishError::OffsetsExhausted => "offsets_exhausted",
+            PublishError::NotAuthorized => "not_authorized",
             PublishError::Refused(_) => "refused",
         }
     }
@@ -82,6 +90,7 @@ impl From<OwnerRefusal> for PublishError {
             OwnerRefusal::NotOwner { owner } => PublishError::OwnerMoved { owner },
             OwnerRefusal::Behind => PublishError::OwnerBehind,
             OwnerRefusal::OffsetsExhausted => PublishError::OffsetsExhausted,
+            OwnerRefusal::NotAuthorized => PublishError::NotAuthorized,
         }
     }
 }

@@ -188,16 +188,13 @@ async fn a_node_outside_the_membership_cannot_have_publishes_sequenced_or_delive
         .publish(&room("chat:x"), draft(node_3, "eve", "forged"), Instant::now())
         .await
         .unwrap_err();
-    assert!(
-        matches!(&error, PublishError::Refused(message) if message.contains("not authorized")),
-        "{error:?}"
-    );
+    assert_eq!(error, PublishError::NotAuthorized);
     assert!(!error.retryable());
     assert_eq!(cluster.directories[0].refused(), 1);
     // A member forwarding a publish in another node's connection's name.
     let forged = draft(&cluster.nodes[0], "alice", "forged");
     let error = cluster.routers[1].publish(&room("chat:x"), forged, Instant::now()).await.unwrap_err();
-    assert!(matches!(error, PublishError::Refused(_)));
+    assert_eq!(error, PublishError::NotAuthorized);
     // A delivery from node-3, which does not own the room, is refused.
     let epoch = cluster.nodes[1].hub.owner_of(&room("chat:x")).unwrap().1;
     let message =

@@ -42,6 +42,9 @@ pub enum OwnerRefusal {
     Behind,
     /// The room's epoch has used up its offsets.
     OffsetsExhausted,
+    /// The sender is not a member of the group, or forwarded a publish of a
+    /// connection that is not its own.
+    NotAuthorized,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -47,7 +47,7 @@ pub fn publish_error_body(error: &PublishError) -> ErrorBody {
         // The new owner is known; a retry goes there.
         PublishError::OwnerMoved { .. } => 50,
         PublishError::OwnerUnreachable { .. } | PublishError::OwnerBehind | PublishError::TimedOut => 200,
-        PublishError::OffsetsExhausted | PublishError::Refused(_) => {
+        PublishError::OffsetsExhausted | PublishError::Refused(_) | PublishError::NotAuthorized => {
             return ErrorBody::new(ErrorCode::Internal, error.to_string())
         }
     };

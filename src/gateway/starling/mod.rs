@@ -9,3 +9,6 @@ mod session;
 pub use encode::{wire_member, wire_member_list, StarlingEncoder};
 pub use errors::{error_body, publish_error_body, ErrorContext};
 pub use session::run;
+
+#[cfg(test)]
+mod tests;
