@@ -8,8 +8,12 @@
 # what TLS costs on the peer path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p starling -p starling-bench
-BIN=target/release
+# BIN=DIR runs the binaries in DIR instead (no build), e.g. to compare two
+# builds in one sitting.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p starling -p starling-bench
+  BIN=target/release
+fi
 SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$($BIN/starling token --secret "$SECRET" --sub bench --rooms '*' --ttl 2h)
 OUT=${OUT:-target/bench}

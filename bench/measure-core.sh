@@ -5,8 +5,12 @@
 # Usage: bash bench/measure-core.sh [RATES...]   (default rates: 200 600 1000 1400)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p starling -p starling-bench
-BIN=target/release
+# BIN=DIR runs the binaries in DIR instead (no build), e.g. to compare two
+# builds in one sitting.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p starling -p starling-bench
+  BIN=target/release
+fi
 SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$($BIN/starling token --secret "$SECRET" --sub bench --rooms '*' --ttl 2h)
 OUT=${OUT:-target/bench}

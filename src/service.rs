@@ -196,7 +196,21 @@ impl RoomService {
         received_at: Instant,
     ) -> Result<Position, ServiceError> {
         self.check_publish(room, draft.data.len(), origin)?;
-        Ok(self.router.publish(room, draft, received_at).await?)
+        self.route(room, draft, received_at).await
+    }
+
+    /// Sequences or forwards an already checked publish, counting failures
+    /// by reason (`starling_publish_failures_total`).
+    async fn route(
+        &self,
+        room: &RoomName,
+        draft: Draft,
+        received_at: Instant,
+    ) -> Result<Position, ServiceError> {
+        self.router.publish(room, draft, received_at).await.map_err(|error| {
+            self.metrics.publish_failed(&self.node, error.reason());
+            ServiceError::Publish(error)
+        })
     }
 
     /// The checks of [`RoomService::publish`], for callers that must refuse

@@ -118,7 +118,7 @@ impl ConnectionRooms {
         self.check_publish(room, data.len())?;
         let publisher = Publisher { user: Arc::clone(&self.user), conn: self.conn };
         let draft = Draft { publisher: Some(publisher), event, data };
-        Ok(self.service.router.publish(room, draft, received_at).await?)
+        self.service.route(room, draft, received_at).await
     }
 
     /// Removes the connection from every room it is in. Retried a few

@@ -104,6 +104,13 @@ impl Metrics {
         }
     }
 
+    /// A publish that could not be sequenced, by reason (`no_members`,
+    /// `owner_moved`, `owner_unreachable`, `timed_out`, ...).
+    pub fn publish_failed(&self, node: &str, reason: &'static str) {
+        counter!("starling_publish_failures_total", "node" => node.to_string(), "reason" => reason)
+            .increment(1);
+    }
+
     pub fn closed(&self, node: &str, code: CloseCode) {
         counter!("starling_closes_total", "node" => node.to_string(), "code" => code.code().to_string())
             .increment(1);
