@@ -35,11 +35,16 @@ impl Ports {
 
 /// Free loopback ports for `count` nodes: every socket is held until all are
 /// chosen, so none repeats, then all are released for the nodes to bind.
+///
+/// They come from below the kernel's ephemeral range, so that a node
+/// restarted on its ports finds them free: a port from the ephemeral range
+/// (port 0) can be taken meanwhile by any outgoing connection, such as a
+/// client of another test.
 pub fn free_ports(count: usize) -> Vec<Ports> {
     let mut tcp_held = Vec::new();
     let mut udp_held = Vec::new();
     let mut tcp = || {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free TCP port");
+        let listener = bind_free("TCP", TcpListener::bind);
         let port = listener.local_addr().unwrap().port();
         tcp_held.push(listener);
         port
@@ -47,12 +52,43 @@ pub fn free_ports(count: usize) -> Vec<Ports> {
     let mut ports: Vec<Ports> =
         (0..count).map(|_| Ports { client: tcp(), api: tcp(), peer: tcp(), gossip: 0 }).collect();
     for node in &mut ports {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free UDP port");
+        let socket = bind_free("UDP", UdpSocket::bind);
         node.gossip = socket.local_addr().unwrap().port();
         udp_held.push(socket);
     }
     drop((tcp_held, udp_held));
     ports
+}
+
+/// A socket bound by `bind` to the first free loopback port of `next_port`.
+fn bind_free<S>(what: &str, bind: impl Fn(SocketAddr) -> std::io::Result<S>) -> S {
+    for _ in 0..10_000 {
+        if let Ok(socket) = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, next_port()))) {
+            return socket;
+        }
+    }
+    panic!("no free loopback {what} port");
+}
+
+/// The lowest port `free_ports` hands out.
+const LOWEST_PORT: u16 = 12_000;
+
+/// The next candidate port, in turn through [`LOWEST_PORT`, start of the
+/// ephemeral range), from a point that differs between test processes (so
+/// parallel test binaries rarely try the same ones); 0 (any) if that range
+/// is too small.
+fn next_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral.saturating_sub(LOWEST_PORT));
+    if span < 1_000 {
+        return 0;
+    }
+    let turn = NEXT.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 7_919;
+    LOWEST_PORT + (turn % span) as u16
 }
 
 /// The example cluster's config file of node `n` (1-based).
