@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use serde::Serialize;
+#[cfg(feature = "faults")]
 use starling_cluster::faults::{FaultyGossip, FaultyPeerTransport, LinkFaults};
 use starling_cluster::membership::{
     ClusterMember, GossipStats, Membership, MembershipConfig, SealedUdpTransport, Transport, UdpTransport,
@@ -33,6 +34,43 @@ mod autopilot;
 mod planner;
 
 pub use autopilot::Autopilot;
+
+/// Link cuts a test injects into this node's peer links and gossip
+/// (`Node::start_with_faults`). Without the `faults` feature (every release
+/// build) there are none and the transports are used as they are.
+#[derive(Default)]
+pub struct InjectedFaults {
+    #[cfg(feature = "faults")]
+    pub links: Option<Arc<LinkFaults>>,
+}
+
+#[cfg(feature = "faults")]
+impl InjectedFaults {
+    fn peer_transport(&self, tcp: Arc<dyn PeerTransport>, me: SocketAddr) -> Arc<dyn PeerTransport> {
+        match &self.links {
+            Some(faults) => Arc::new(FaultyPeerTransport { inner: tcp, me, faults: Arc::clone(faults) }),
+            None => tcp,
+        }
+    }
+
+    fn gossip_transport(&self, udp: Box<dyn Transport>) -> Box<dyn Transport> {
+        match &self.links {
+            Some(faults) => Box::new(FaultyGossip { inner: udp, faults: Arc::clone(faults) }),
+            None => udp,
+        }
+    }
+}
+
+#[cfg(not(feature = "faults"))]
+impl InjectedFaults {
+    fn peer_transport(&self, tcp: Arc<dyn PeerTransport>, _me: SocketAddr) -> Arc<dyn PeerTransport> {
+        tcp
+    }
+
+    fn gossip_transport(&self, udp: Box<dyn Transport>) -> Box<dyn Transport> {
+        udp
+    }
+}
 
 /// A running cluster membership of this node.
 pub struct ClusterRuntime {
@@ -57,7 +95,7 @@ impl ClusterRuntime {
         hub: &Arc<Hub>,
         shared: &Arc<SharedTable>,
         announce: Announce,
-        faults: Option<Arc<LinkFaults>>,
+        faults: InjectedFaults,
     ) -> anyhow::Result<ClusterRuntime> {
         let name = config.node.name.as_str();
         let cluster = &config.cluster;
@@ -74,12 +112,7 @@ impl ClusterRuntime {
         transport_config.tls = security.as_ref().map(|s| s.peer_tls.clone());
         let transport = TcpTransport::new(transport_config);
         let tcp: Arc<dyn PeerTransport> = Arc::new(Arc::clone(&transport));
-        let peer_transport: Arc<dyn PeerTransport> = match &faults {
-            Some(faults) => {
-                Arc::new(FaultyPeerTransport { inner: tcp, me: peer_addr, faults: Arc::clone(faults) })
-            }
-            None => tcp,
-        };
+        let peer_transport = faults.peer_transport(tcp, peer_addr);
         let mut group_config =
             GroupConfig::new(name, &peer_addr.to_string(), config.node.data_dir.join("raft.redb"));
         group_config.heartbeat_interval = Duration::from_millis(cluster.raft_heartbeat_ms);
@@ -122,11 +155,9 @@ impl ClusterRuntime {
             )),
             None => Box::new(UdpTransport),
         };
-        let membership = match faults {
-            Some(faults) => Membership::start(gossip, &FaultyGossip { inner: udp, faults }).await,
-            None => Membership::start(gossip, udp.as_ref()).await,
-        }
-        .context("starting gossip")?;
+        let membership = Membership::start(gossip, faults.gossip_transport(udp).as_ref())
+            .await
+            .context("starting gossip")?;
         links.set_gossip_stats(gossip_stats);
         info!(peer = %peer_addr, gossip = %membership.gossip_addr(), "cluster member started");
         Ok(ClusterRuntime { group, membership: Arc::new(membership), links, transport, peer_addr })

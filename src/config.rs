@@ -188,6 +188,63 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// What kind of key verifies a token algorithm (RS and PS are one family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithmFamily {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+/// Every `alg` name `auth.jwt_algorithms` may hold, with its family. Config
+/// validation checks names against this table; `auth` maps the names to its
+/// JWT library's algorithms (and checks the table stays in step with it).
+pub const JWT_ALGORITHMS: [(&str, JwtAlgorithmFamily); 12] = [
+    ("HS256", JwtAlgorithmFamily::Hmac),
+    ("HS384", JwtAlgorithmFamily::Hmac),
+    ("HS512", JwtAlgorithmFamily::Hmac),
+    ("RS256", JwtAlgorithmFamily::Rsa),
+    ("RS384", JwtAlgorithmFamily::Rsa),
+    ("RS512", JwtAlgorithmFamily::Rsa),
+    ("PS256", JwtAlgorithmFamily::Rsa),
+    ("PS384", JwtAlgorithmFamily::Rsa),
+    ("PS512", JwtAlgorithmFamily::Rsa),
+    ("ES256", JwtAlgorithmFamily::Ec),
+    ("ES384", JwtAlgorithmFamily::Ec),
+    // Known, but verified with neither key kind Starling takes.
+    ("EdDSA", JwtAlgorithmFamily::Ed),
+];
+
+impl AuthConfig {
+    /// Whether `jwt_algorithms` fits the configured key: known names that
+    /// work with a shared secret (HS) or a public key (RS/PS or ES), all of
+    /// one family. An empty list always fits (the key kind's default).
+    pub fn check_jwt_algorithms(&self) -> Result<(), String> {
+        let uses_public_key = self.jwt_public_key_pem.is_some();
+        let mut families = Vec::new();
+        for name in &self.jwt_algorithms {
+            let Some(&(_, family)) = JWT_ALGORITHMS.iter().find(|(known, _)| known == name) else {
+                return Err(format!("unknown or unsupported algorithm `{name}`"));
+            };
+            let fits = if uses_public_key {
+                matches!(family, JwtAlgorithmFamily::Rsa | JwtAlgorithmFamily::Ec)
+            } else {
+                family == JwtAlgorithmFamily::Hmac
+            };
+            if !fits {
+                let kind = if uses_public_key { "a public key" } else { "a shared secret" };
+                return Err(format!("algorithm `{name}` does not work with {kind}"));
+            }
+            families.push(family);
+        }
+        if families.iter().any(|family| *family != families[0]) {
+            return Err("all algorithms must be of one family (RS/PS or ES)".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -670,7 +727,7 @@ impl Config {
                 return Err(key_error("auth.api_key", "must be at least 16 characters"));
             }
         }
-        crate::auth::algorithms_for(auth).map_err(|e| key_error("auth.jwt_algorithms", e))?;
+        auth.check_jwt_algorithms().map_err(|e| key_error("auth.jwt_algorithms", e))?;
         if auth.max_token_ttl_s == Some(0) {
             return Err(key_error("auth.max_token_ttl_s", "must be greater than 0 when set"));
         }
@@ -835,6 +892,37 @@ mod tests {
         let config = load("", &[]).unwrap();
         assert_eq!(config.listen.client.port(), 7601);
         assert_eq!(config.websocket.read_buffer_bytes, 4096);
+    }
+
+    #[test]
+    fn token_algorithms_must_be_known_and_fit_the_key() {
+        let secret = "[auth]\njwt_hs256_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let public = "[auth]\njwt_public_key_pem = \"(a PEM)\"\n";
+        let check = |key: &str, algorithms: &str| {
+            load(&format!("{key}jwt_algorithms = {algorithms}\n"), &[]).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let refused = |why: &str| Err(format!("config key `auth.jwt_algorithms`: {why}"));
+        assert_eq!(check(secret, r#"["none"]"#), refused("unknown or unsupported algorithm `none`"));
+        assert_eq!(check(secret, r#"["hs256"]"#), refused("unknown or unsupported algorithm `hs256`"));
+        assert_eq!(
+            check(secret, r#"["RS256"]"#),
+            refused("algorithm `RS256` does not work with a shared secret")
+        );
+        assert_eq!(
+            check(public, r#"["HS256"]"#),
+            refused("algorithm `HS256` does not work with a public key")
+        );
+        assert_eq!(
+            check(public, r#"["EdDSA"]"#),
+            refused("algorithm `EdDSA` does not work with a public key")
+        );
+        assert_eq!(
+            check(public, r#"["RS256", "ES256"]"#),
+            refused("all algorithms must be of one family (RS/PS or ES)")
+        );
+        assert_eq!(check(secret, r#"["HS256", "HS512"]"#), Ok(()));
+        assert_eq!(check(public, r#"["RS256", "PS512"]"#), Ok(()));
+        assert_eq!(check(public, "[]"), Ok(()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::auth::JwtVerifier;
+use crate::cluster::InjectedFaults;
 use crate::cluster::{Announce, Autopilot, ClusterRuntime};
 use crate::config::{Config, NamespacePolicies};
 use crate::fanout::{Hub, Sessions};
@@ -29,7 +30,6 @@ use crate::protocol::CloseCode;
 use crate::replicate::{Replicator, SharedTable, TableStats};
 use crate::service::{RoomService, ServiceParts};
 use crate::telemetry::{self, Metrics};
-use starling_cluster::faults::LinkFaults;
 use starling_cluster::membership::Membership;
 use starling_cluster::raft::RaftGroup;
 
@@ -72,12 +72,20 @@ impl Node {
     /// Binds the listeners and starts serving. The config must carry a token
     /// key and an API key (dev mode generates them before calling this).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        Node::start_with_faults(config, None).await
+        Node::start_injected(config, InjectedFaults::default()).await
     }
 
     /// Like [`Node::start`], with this node's peer links and gossip going
-    /// through `faults`, so a test can cut and heal them.
-    pub async fn start_with_faults(config: Config, faults: Option<Arc<LinkFaults>>) -> anyhow::Result<Node> {
+    /// through `faults`, so a test can cut and heal them (feature `faults`).
+    #[cfg(feature = "faults")]
+    pub async fn start_with_faults(
+        config: Config,
+        faults: Option<Arc<starling_cluster::faults::LinkFaults>>,
+    ) -> anyhow::Result<Node> {
+        Node::start_injected(config, InjectedFaults { links: faults }).await
+    }
+
+    async fn start_injected(config: Config, faults: InjectedFaults) -> anyhow::Result<Node> {
         config.validate()?;
         let Some(api_key) = config.auth.api_key.clone() else {
             bail!("auth.api_key is not set");

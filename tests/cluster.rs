@@ -1,5 +1,9 @@
 //! A three-node cluster in one process, with real listeners (TCP peer
 //! links, UDP gossip, WebSocket clients): guarantees G1 to G4 across nodes.
+//!
+//! Cutting links needs the `faults` feature (`Node::start_with_faults`):
+//! `cargo test --features faults --test cluster`, or `--all-features` as
+//! `scripts/test.sh` runs it.
 
 mod common;
 

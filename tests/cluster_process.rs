@@ -7,550 +7,38 @@
 //! partition checks G5.
 //!
 //! Each test runs the files as written, overriding with `STARLING_` variables
-//! only the data dir (a fresh temp dir), every listen address (free ports)
-//! and the seeds, so tests run in parallel and never collide with a dev
-//! cluster on the default ports. Every process is killed when its test ends,
-//! passed or not; a failing test prints each node's recent log lines.
+//! only the data dir (a fresh temp dir), every listen address (free ports),
+//! the seeds and peer TLS (the harness in `common::processes`), so tests run
+//! in parallel and never collide with a dev cluster on the default ports.
+//! Every process is killed when its test ends, passed or not; a failing test
+//! prints each node's recent log lines.
 //!
 //! The partition test builds four namespaces (a hub with a bridge, one per
 //! node), reruns this test binary inside the hub so that its clients reach
 //! every node, and cuts node-to-node traffic with blackhole routes. It skips
 //! (with a message) where `ip netns add` is not permitted.
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[path = "common/certs.rs"]
-mod certs;
-
+use common::processes::{eventually, partition, Namespaces, ProcessCluster, Received, Signal};
 use serde_json::{json, Value};
-use starling::auth::{mint_token, MintRequest};
-use starling::Config;
-use starling_client::{Client, ConnectOptions, Event, Events};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use starling_client::{Client, ConnectOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
 /// G4: a dead node's members are gone everywhere, with `left` events, within this.
 const EVICTION_BOUND: Duration = Duration::from_secs(5);
-/// How long a wait for any cluster condition may take before the test fails.
+/// How long a wait for any cluster condition in a test may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(15);
-/// How long one HTTP exchange with a node may take (a paused node never answers).
-const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pace of the publishing loop: below the default 50 publishes/s per connection.
 const PUBLISH_EVERY: Duration = Duration::from_millis(25);
 /// Pace of the joining loop (a fresh connection per join).
 const JOIN_EVERY: Duration = Duration::from_millis(150);
 
 // ---------------------------------------------------------------------------
-// Nodes as processes
-
-/// The ports one node listens on.
-#[derive(Debug, Clone, Copy)]
-struct Ports {
-    client: u16,
-    api: u16,
-    peer: u16,
-    gossip: u16,
-}
-
-/// Free ports for `count` nodes: every socket is held until all are chosen,
-/// so none repeats, then all are released for the nodes to bind.
-fn free_ports(ip: IpAddr, count: usize) -> Vec<Ports> {
-    let mut tcp_held = Vec::new();
-    let mut udp_held = Vec::new();
-    let mut tcp = || {
-        let listener = TcpListener::bind((ip, 0)).expect("bind a free TCP port");
-        let port = listener.local_addr().unwrap().port();
-        tcp_held.push(listener);
-        port
-    };
-    let mut ports: Vec<Ports> =
-        (0..count).map(|_| Ports { client: tcp(), api: tcp(), peer: tcp(), gossip: 0 }).collect();
-    for node in &mut ports {
-        let socket = UdpSocket::bind((ip, 0)).expect("bind a free UDP port");
-        node.gossip = socket.local_addr().unwrap().port();
-        udp_held.push(socket);
-    }
-    drop((tcp_held, udp_held));
-    ports
-}
-
-/// How to start one node: its config file and the overrides that place it.
-#[derive(Debug, Clone)]
-struct NodeSpec {
-    name: String,
-    config: PathBuf,
-    ip: IpAddr,
-    ports: Ports,
-    data_dir: PathBuf,
-    /// `STARLING_CLUSTER__SEEDS`: every node's gossip address.
-    seeds: String,
-    /// Run inside this network namespace (`ip netns exec`), for partitions.
-    netns: Option<String>,
-}
-
-impl NodeSpec {
-    fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, port)
-    }
-
-    fn api_addr(&self) -> SocketAddr {
-        self.addr(self.ports.api)
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr(self.ports.client))
-    }
-}
-
-/// One running `starling` process. Killed (SIGKILL) on drop.
-struct NodeProcess {
-    name: String,
-    child: Child,
-    /// Every stderr line so far, appended by a thread that drains the pipe
-    /// for the whole life of the process (a full pipe would block the node).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl NodeProcess {
-    fn spawn(spec: &NodeSpec) -> NodeProcess {
-        let mut command = match &spec.netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns, BIN]);
-                command
-            }
-            None => Command::new(BIN),
-        };
-        // Only the overrides below apply, whatever the caller's environment holds.
-        for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("STARLING_")) {
-            command.env_remove(var);
-        }
-        command
-            .arg("--config")
-            .arg(&spec.config)
-            .env_remove("RUST_LOG")
-            .env("STARLING_NODE__DATA_DIR", &spec.data_dir)
-            .env("STARLING_LISTEN__CLIENT", spec.addr(spec.ports.client).to_string())
-            .env("STARLING_LISTEN__API", spec.addr(spec.ports.api).to_string())
-            .env("STARLING_LISTEN__PEER", spec.addr(spec.ports.peer).to_string())
-            .env("STARLING_LISTEN__GOSSIP", spec.addr(spec.ports.gossip).to_string())
-            .env("STARLING_CLUSTER__SEEDS", &spec.seeds)
-            .envs(certs::test_certs().env(&spec.name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn starling");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        NodeProcess { name: spec.name.clone(), child, log }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Whether the node logged a line whose `message` is `message`.
-    fn logged(&self, message: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|line| {
-            serde_json::from_str::<Value>(line).is_ok_and(|value| value["message"] == json!(message))
-        })
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Waits for the "node started" log line; fails if the process exits first.
-    async fn wait_started(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.logged("node started") {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited with {status} before starting:\n{}", self.name, self.log_tail(30));
-            }
-            assert!(Instant::now() < deadline, "{} did not start:\n{}", self.name, self.log_tail(30));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.name, self.log_tail(30));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Starling's own lines; openraft's are too many to be useful here.
-            let log = self.log.lock().unwrap();
-            let own: Vec<&str> =
-                log.iter().filter(|l| l.contains(r#""target":"starling"#)).map(String::as_str).collect();
-            let tail = own[own.len().saturating_sub(30)..].join("\n");
-            eprintln!("---- last starling log lines of {} ----\n{tail}", self.name);
-        }
-        // SIGKILL also ends a stopped (SIGSTOP) process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends `signal` (e.g. `-9`, `-STOP`) to `pid` with kill(1).
-fn send_signal(pid: &str, signal: &str) {
-    let status = Command::new("kill").args([signal, pid]).status().expect("run kill");
-    assert!(status.success(), "kill {signal} {pid} failed");
-}
-
-// ---------------------------------------------------------------------------
-// A cluster of three processes
-
-/// What the tests need from the example config: its secrets.
-struct Secrets {
-    jwt: String,
-    api_key: String,
-}
-
-fn example_config(n: usize) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/cluster/node-{n}.toml"))
-}
-
-fn example_secrets() -> Secrets {
-    let config = Config::load(Some(&example_config(1)), std::iter::empty()).expect("example config loads");
-    Secrets {
-        jwt: config.auth.jwt_hs256_secret.expect("the example sets a token secret"),
-        api_key: config.auth.api_key.expect("the example sets an API key"),
-    }
-}
-
-struct TestCluster {
-    /// Holds every node's data dir; removed when the test ends.
-    dir: PathBuf,
-    specs: Vec<NodeSpec>,
-    /// `None` for a node that is not running.
-    nodes: Vec<Option<NodeProcess>>,
-    secrets: Secrets,
-}
-
-impl TestCluster {
-    /// Three nodes on loopback.
-    fn new(test: &str) -> TestCluster {
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        TestCluster::with_hosts(test, &[ip; 3], &[None, None, None])
-    }
-
-    /// Three nodes, node `i` on `ips[i]` (inside `netns[i]` if given).
-    fn with_hosts(test: &str, ips: &[IpAddr; 3], netns: &[Option<String>; 3]) -> TestCluster {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("starling-{test}-{}-{unique}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Free loopback ports on this host; in namespaces every node has an
-        // address of its own, so the default ports of the example serve.
-        let ports = if netns.iter().all(Option::is_none) { free_ports(ips[0], 3) } else { fixed_ports(3) };
-        let gossip: Vec<String> =
-            ports.iter().zip(ips).map(|(p, ip)| format!("\"{}\"", SocketAddr::new(*ip, p.gossip))).collect();
-        let seeds = format!("[{}]", gossip.join(","));
-        let specs = (0..3)
-            .map(|i| NodeSpec {
-                name: format!("node-{}", i + 1),
-                config: example_config(i + 1),
-                ip: ips[i],
-                ports: ports[i],
-                data_dir: dir.join(format!("node-{}", i + 1)),
-                seeds: seeds.clone(),
-                netns: netns[i].clone(),
-            })
-            .collect();
-        TestCluster { dir, specs, nodes: vec![None, None, None], secrets: example_secrets() }
-    }
-
-    fn index_of(&self, name: &str) -> usize {
-        self.specs.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("no node {name}"))
-    }
-
-    fn node(&self, i: usize) -> &NodeProcess {
-        self.nodes[i].as_ref().unwrap_or_else(|| panic!("{} is not running", self.specs[i].name))
-    }
-
-    /// Starts every node at once (as a service manager would) and waits
-    /// until each has bound its listeners.
-    async fn start_all_at_once(&mut self) {
-        for i in 0..self.specs.len() {
-            self.nodes[i] = Some(NodeProcess::spawn(&self.specs[i]));
-        }
-        for node in self.nodes.iter_mut().flatten() {
-            node.wait_started().await;
-        }
-    }
-
-    /// Starts the nodes one after the other, each once the previous one has
-    /// bound its listeners, so that no two share a boot millisecond (their
-    /// incarnation): see `nodes_started_in_the_same_millisecond_keep_their_members_apart`.
-    async fn start_one_by_one(&mut self) {
-        for i in 0..self.specs.len() {
-            self.start(i).await;
-        }
-    }
-
-    async fn start(&mut self, i: usize) {
-        let mut node = NodeProcess::spawn(&self.specs[i]);
-        node.wait_started().await;
-        self.nodes[i] = Some(node);
-    }
-
-    /// `kill -9` and reap.
-    fn kill(&mut self, i: usize) {
-        let mut node = self.nodes[i].take().expect("node is running");
-        send_signal(&node.pid(), "-9");
-        let _ = node.child.wait();
-    }
-
-    fn signal(&self, i: usize, signal: &str) {
-        send_signal(&self.node(i).pid(), signal);
-    }
-
-    /// SIGTERM to every running node at once; returns their exit statuses.
-    async fn terminate_all(&mut self) -> Vec<(String, ExitStatus)> {
-        for node in self.nodes.iter().flatten() {
-            send_signal(&node.pid(), "-TERM");
-        }
-        let mut statuses = Vec::new();
-        for slot in &mut self.nodes {
-            if let Some(mut node) = slot.take() {
-                let status = node.wait_exit(Duration::from_secs(20)).await;
-                statuses.push((node.name.clone(), status));
-            }
-        }
-        statuses
-    }
-
-    fn wipe_data(&self) {
-        for spec in &self.specs {
-            let _ = std::fs::remove_dir_all(&spec.data_dir);
-        }
-    }
-
-    async fn api_get(&self, i: usize, path: &str) -> Option<(u16, Value)> {
-        http_get(self.specs[i].api_addr(), path, &self.secrets.api_key).await
-    }
-
-    /// `GET /api/cluster` on node `i`, if it answers.
-    async fn cluster_view(&self, i: usize) -> Option<Value> {
-        self.api_get(i, "/api/cluster").await.filter(|(status, _)| *status == 200).map(|(_, body)| body)
-    }
-
-    /// The users present in `room` as node `i` reads it, with their nodes.
-    async fn presence(&self, i: usize, room: &str) -> Result<Vec<(String, String)>, String> {
-        let Some((status, body)) = self.api_get(i, &format!("/api/rooms/{room}/presence")).await else {
-            return Err(format!("{} does not answer", self.specs[i].name));
-        };
-        if status != 200 {
-            return Err(format!("{}: HTTP {status} {body}", self.specs[i].name));
-        }
-        let members = body["members"].as_array().cloned().unwrap_or_default();
-        Ok(members
-            .iter()
-            .map(|m| (m["user"].as_str().unwrap_or("").to_string(), m["node"].as_str().unwrap_or("").into()))
-            .collect())
-    }
-
-    /// Waits until every node in `on` reports the same leader, that leader
-    /// passes `accept`, and each lists `live` nodes (any count when `None`).
-    async fn agreed_leader(
-        &self,
-        on: &[usize],
-        live: Option<usize>,
-        accept: impl Fn(&str) -> bool,
-    ) -> String {
-        eventually("the nodes agree on one leader", PATIENCE, async || {
-            let mut leaders = Vec::new();
-            for &i in on {
-                let name = &self.specs[i].name;
-                let view = self.cluster_view(i).await.ok_or(format!("{name} does not answer"))?;
-                let nodes = view["nodes"].as_array().map_or(0, Vec::len);
-                if live.is_some_and(|live| live != nodes) {
-                    return Err(format!("{name} sees {nodes} nodes: {view}"));
-                }
-                let leader = view["leader"].as_str().ok_or(format!("{name} knows no leader: {view}"))?;
-                leaders.push(leader.to_string());
-            }
-            if leaders.windows(2).any(|pair| pair[0] != pair[1]) {
-                return Err(format!("leaders differ: {leaders:?}"));
-            }
-            if !accept(&leaders[0]) {
-                return Err(format!("leader is still {}", leaders[0]));
-            }
-            Ok(leaders[0].clone())
-        })
-        .await
-    }
-
-    /// Starts all three one by one and waits for one leader known to all:
-    /// (leader index, time taken).
-    async fn form(&mut self) -> (usize, Duration) {
-        let started = Instant::now();
-        self.start_one_by_one().await;
-        let leader = self.agreed_leader(&[0, 1, 2], Some(3), |_| true).await;
-        let incarnations = self.incarnations(0).await;
-        let mut distinct = incarnations.clone();
-        distinct.dedup();
-        assert_eq!(distinct.len(), 3, "nodes share an incarnation: {incarnations:?}");
-        (self.index_of(&leader), started.elapsed())
-    }
-
-    /// The incarnation of every live node as node `i` lists them, sorted.
-    async fn incarnations(&self, i: usize) -> Vec<u64> {
-        let view = self.cluster_view(i).await.expect("node answers");
-        let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
-        let mut incarnations: Vec<u64> = nodes.iter().filter_map(|n| n["incarnation"].as_u64()).collect();
-        incarnations.sort();
-        incarnations
-    }
-
-    fn token(&self, user: &str) -> String {
-        let request = MintRequest {
-            sub: user.into(),
-            rooms: vec!["chat:*".into()],
-            ttl: Duration::from_secs(600),
-            meta: None,
-            audience: None,
-            issuer: None,
-        };
-        mint_token(&self.secrets.jwt, &request).unwrap()
-    }
-
-    async fn connect(&self, i: usize, user: &str) -> Result<(Client, Events), String> {
-        let options = ConnectOptions::new(self.specs[i].ws_url())
-            .token(self.token(user))
-            .reply_timeout(Duration::from_secs(5));
-        Client::connect(options).await.map_err(|e| e.to_string())
-    }
-
-    /// Connects `user` to node `i` and joins `room`; the test fails if either fails.
-    async fn member(&self, i: usize, user: &str, room: &str) -> (Client, Received) {
-        let (client, events) = self.connect(i, user).await.unwrap_or_else(|e| panic!("{user} connects: {e}"));
-        client.join(room, None).await.unwrap_or_else(|e| panic!("{user} joins {room}: {e}"));
-        (client, Received::record(events))
-    }
-
-    fn followers(&self, leader: usize) -> Vec<usize> {
-        (0..self.specs.len()).filter(|&i| i != leader).collect()
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The example's ports, for nodes that each have a namespace (and address) of their own.
-fn fixed_ports(count: usize) -> Vec<Ports> {
-    vec![Ports { client: 7601, api: 7701, peer: 7801, gossip: 7901 }; count]
-}
-
-// ---------------------------------------------------------------------------
-// Waiting, HTTP and clients
-
-/// Polls `check` until it returns `Ok`, or fails the test after `limit` with
-/// the last reason it gave.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let reason = match check().await {
-            Ok(value) => return value,
-            Err(reason) => reason,
-        };
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}: {reason}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// One `GET` with the API key; `None` when the node does not answer in
-/// time (killed, paused, or not listening yet).
-async fn http_get(addr: SocketAddr, path: &str, api_key: &str) -> Option<(u16, Value)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange).await.ok().flatten()
-}
-
-/// Everything one client received, stamped with its arrival time. A task
-/// drains the connection, so waiting on a condition never stalls it.
-#[derive(Clone)]
-struct Received(Arc<Mutex<Vec<(Instant, Event)>>>);
-
-impl Received {
-    fn record(mut events: Events) -> Received {
-        let received = Received(Arc::default());
-        let sink = received.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.next_non_ping().await {
-                sink.0.lock().unwrap().push((Instant::now(), event));
-            }
-        });
-        received
-    }
-
-    /// When a `left` event for `user` arrived.
-    fn left(&self, user: &str) -> Option<Instant> {
-        self.0.lock().unwrap().iter().find_map(|(at, event)| match event {
-            Event::Left { member, .. } if member.user == user => Some(*at),
-            _ => None,
-        })
-    }
-
-    /// When the connection closed, and its close code.
-    fn closed(&self) -> Option<(Instant, Option<u16>)> {
-        self.0.lock().unwrap().iter().find_map(|(at, event)| match event {
-            Event::Closed { code, .. } => Some((*at, *code)),
-            _ => None,
-        })
-    }
-
-    /// (epoch, offset) of every message, in arrival order.
-    fn messages(&self) -> Vec<(u64, u64)> {
-        let events = self.0.lock().unwrap();
-        events
-            .iter()
-            .filter_map(|(_, event)| match event {
-                Event::Message(m) => Some((m.epoch, m.offset)),
-                _ => None,
-            })
-            .collect()
-    }
-}
+// Load while nodes fail
 
 /// What one request in a loop got, and when it was sent.
 #[derive(Debug, Clone)]
@@ -617,7 +105,7 @@ fn join_loop(
 }
 
 /// (URL, token) pairs for joiners on `nodes`, one user per node.
-fn joiner_targets(cluster: &TestCluster, nodes: &[usize]) -> Arc<Vec<(String, String)>> {
+fn joiner_targets(cluster: &ProcessCluster, nodes: &[usize]) -> Arc<Vec<(String, String)>> {
     let targets = nodes
         .iter()
         .map(|&i| (cluster.specs[i].ws_url(), cluster.token(&format!("joiner-{}", cluster.specs[i].name))))
@@ -658,7 +146,7 @@ fn acknowledged(attempts: &Attempts) -> Vec<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_expect_3_forms_exactly_one_group_with_one_leader_every_time() {
-    let mut cluster = TestCluster::new("formation");
+    let mut cluster = ProcessCluster::example("formation");
     for round in 1..=3 {
         let started = Instant::now();
         cluster.start_all_at_once().await;
@@ -690,7 +178,7 @@ async fn bootstrap_expect_3_forms_exactly_one_group_with_one_leader_every_time()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_elects_a_new_one_and_evicts_its_members_within_five_seconds() {
     const ROOM: &str = "chat:failover";
-    let mut cluster = TestCluster::new("leader-kill");
+    let mut cluster = ProcessCluster::example("leader-kill");
     let (leader, took) = cluster.form().await;
     eprintln!("formed in {took:?}");
     let survivors = cluster.followers(leader);
@@ -786,7 +274,7 @@ async fn killing_the_leader_elects_a_new_one_and_evicts_its_members_within_five_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_follower_keeps_the_cluster_serving() {
     const ROOM: &str = "chat:follower";
-    let mut cluster = TestCluster::new("follower-kill");
+    let mut cluster = ProcessCluster::example("follower-kill");
     let (leader, _) = cluster.form().await;
     let followers = cluster.followers(leader);
     let (victim, other) = (followers[0], followers[1]);
@@ -859,7 +347,7 @@ async fn killing_a_follower_keeps_the_cluster_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_evicted_and_its_clients_are_told_to_reconnect() {
     const ROOM: &str = "chat:paused";
-    let mut cluster = TestCluster::new("pause");
+    let mut cluster = ProcessCluster::example("pause");
     let (leader, _) = cluster.form().await;
     let followers = cluster.followers(leader);
     let (paused, other) = (followers[0], followers[1]);
@@ -874,7 +362,7 @@ async fn a_paused_node_is_evicted_and_its_clients_are_told_to_reconnect() {
     let (_sleeper, sleeper) = cluster.member(paused, &sleeper_user, ROOM).await;
 
     let stopped_at = Instant::now();
-    cluster.signal(paused, "-STOP");
+    cluster.signal(paused, Signal::Stop);
     let evicted_at = eventually("the others got `left` for the paused node's member", PATIENCE, async || {
         let seen: Option<Vec<Instant>> = observers.iter().map(|(_, r)| r.left(&sleeper_user)).collect();
         seen.map(|times| times.into_iter().max().unwrap()).ok_or_else(|| "not yet".to_string())
@@ -890,7 +378,7 @@ async fn a_paused_node_is_evicted_and_its_clients_are_told_to_reconnect() {
     assert!(sleeper.closed().is_none(), "the paused node's client was closed while the node was stopped");
 
     let resumed_at = Instant::now();
-    cluster.signal(paused, "-CONT");
+    cluster.signal(paused, Signal::Cont);
     let (closed_at, code) = eventually("the paused node closes its evicted client", PATIENCE, async || {
         sleeper.closed().ok_or_else(|| "still open".to_string())
     })
@@ -914,7 +402,7 @@ async fn a_paused_node_is_evicted_and_its_clients_are_told_to_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_comes_back_as_a_new_incarnation_and_its_old_presence_is_gone() {
     const ROOM: &str = "chat:restart";
-    let mut cluster = TestCluster::new("restart");
+    let mut cluster = ProcessCluster::example("restart");
     let (leader, _) = cluster.form().await;
     let victim = cluster.followers(leader)[0];
     let victim_name = cluster.specs[victim].name.clone();
@@ -929,7 +417,7 @@ async fn a_restarted_node_comes_back_as_a_new_incarnation_and_its_old_presence_i
 
     cluster.kill(victim);
     let restarted_at = Instant::now();
-    cluster.start(victim).await;
+    cluster.start_node(victim).await;
     eventually("every node lists the restarted node with a higher incarnation", PATIENCE, async || {
         for i in 0..3 {
             let view = cluster.cluster_view(i).await.ok_or("no answer")?;
@@ -965,7 +453,7 @@ async fn a_restarted_node_comes_back_as_a_new_incarnation_and_its_old_presence_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cluster_restart_regains_quorum_from_disk() {
     const ROOM: &str = "chat:reboot";
-    let mut cluster = TestCluster::new("full-restart");
+    let mut cluster = ProcessCluster::example("full-restart");
     cluster.form().await;
     let mut before = Vec::new();
     for i in 0..3 {
@@ -1013,7 +501,7 @@ async fn a_full_cluster_restart_regains_quorum_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_a_room_owned_by_a_follower_reach_members_on_every_node_gapless() {
     const ROOM: &str = "chat:follower-owned";
-    let mut cluster = TestCluster::new("follower-owned");
+    let mut cluster = ProcessCluster::example("follower-owned");
     let (leader, _) = cluster.form().await;
     let followers = cluster.followers(leader);
     // The first member's node owns the room: a follower, which has never
@@ -1045,19 +533,19 @@ async fn messages_of_a_room_owned_by_a_follower_reach_members_on_every_node_gapl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joined_on_a_node_that_came_back_survive_a_later_leader_change() {
     const ROOM: &str = "chat:came-back";
-    let mut cluster = TestCluster::new("came-back");
+    let mut cluster = ProcessCluster::example("came-back");
     let (leader, _) = cluster.form().await;
     let followers = cluster.followers(leader);
     let (paused, other) = (followers[0], followers[1]);
     let (_watcher, watched) = cluster.member(other, "watcher", ROOM).await;
     let (_sleeper, sleeper) = cluster.member(paused, "sleeper", ROOM).await;
     let (_doomed, _) = cluster.member(leader, "on-leader", ROOM).await;
-    cluster.signal(paused, "-STOP");
+    cluster.signal(paused, Signal::Stop);
     eventually("the paused node is evicted", PATIENCE, async || {
         watched.left("sleeper").ok_or_else(|| "not yet".to_string())
     })
     .await;
-    cluster.signal(paused, "-CONT");
+    cluster.signal(paused, Signal::Cont);
     eventually("the evicted client is closed", PATIENCE, async || {
         sleeper.closed().ok_or_else(|| "not yet".to_string())
     })
@@ -1099,7 +587,7 @@ async fn members_joined_on_a_node_that_came_back_survive_a_later_leader_change()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_in_the_same_millisecond_keep_their_members_apart() {
     const ROOM: &str = "chat:same-ms";
-    let mut cluster = TestCluster::new("same-ms");
+    let mut cluster = ProcessCluster::example("same-ms");
     for round in 1..=8 {
         cluster.start_all_at_once().await;
         cluster.agreed_leader(&[0, 1, 2], Some(3), |_| true).await;
@@ -1138,84 +626,6 @@ const NETNS_VAR: &str = "CLUSTER_PROCESS_NETNS";
 /// The test that runs inside the hub namespace.
 const INSIDE: &str = "partition_inside_network_namespaces";
 
-/// Node `i` (1..=3) of the partition test, inside its own namespace.
-fn netns_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 99, 0, i as u8))
-}
-
-/// Four network namespaces: one per node plus a hub holding a bridge and
-/// the test's clients. Only addresses inside them are used. Deleted (with
-/// whatever still runs in them) on drop.
-struct Namespaces {
-    prefix: String,
-    created: Vec<String>,
-}
-
-impl Namespaces {
-    fn create() -> Result<Namespaces, String> {
-        let prefix = format!("stl{}", std::process::id());
-        let mut namespaces = Namespaces { prefix: prefix.clone(), created: Vec::new() };
-        let hub = format!("{prefix}-hub");
-        namespaces.add(&hub)?;
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "addr", "add", "10.99.0.100/24", "dev", "br0"])?;
-        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
-        for i in 1..=3 {
-            let node = format!("{prefix}-{i}");
-            namespaces.add(&node)?;
-            let port = format!("v{i}");
-            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &node])?;
-            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &node, "addr", "add", &format!("{}/24", netns_ip(i)), "dev", "eth0"])?;
-            ip(&["-n", &node, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &node, "link", "set", "lo", "up"])?;
-        }
-        Ok(namespaces)
-    }
-
-    fn add(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.created.push(name.to_string());
-        Ok(())
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.created {
-            // Processes this test started that outlived the inner test.
-            let pids = Command::new("ip").args(["netns", "pids", name]).output();
-            for pid in
-                pids.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines()
-            {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            }
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
-/// Runs `ip ARGS`, returning its stderr on failure.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
-}
-
-/// Drops (or, with `heal`, restores) traffic between node `minority` and the others.
-fn partition(prefix: &str, minority: usize, heal: bool) {
-    let action = if heal { "del" } else { "add" };
-    for other in (1..=3).filter(|&i| i != minority) {
-        for (from, to) in [(minority, other), (other, minority)] {
-            let (ns, dest) = (format!("{prefix}-{from}"), format!("{}/32", netns_ip(to)));
-            ip(&["-n", &ns, "route", action, "blackhole", &dest]).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_minority_answers_unavailable_and_presence_converges_within_five_seconds_of_healing() {
     let namespaces = match Namespaces::create() {
@@ -1225,15 +635,7 @@ fn a_minority_answers_unavailable_and_presence_converges_within_five_seconds_of_
             return;
         }
     };
-    let this_test = std::env::current_exe().unwrap();
-    let hub = format!("{}-hub", namespaces.prefix);
-    let output = Command::new("ip")
-        .args(["netns", "exec", &hub])
-        .arg(this_test)
-        .args(["--exact", INSIDE, "--ignored", "--nocapture", "--test-threads=1"])
-        .env(NETNS_VAR, &namespaces.prefix)
-        .output()
-        .expect("run the test inside the hub namespace");
+    let output = namespaces.run_in_hub(INSIDE, NETNS_VAR);
     eprintln!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the partition test failed inside the namespaces (see above)");
 }
@@ -1249,9 +651,7 @@ async fn partition_inside_network_namespaces() {
         eprintln!("SKIPPED: run by a_minority_answers_unavailable_and_presence_converges_within_five_seconds_of_healing");
         return;
     };
-    let ips = [netns_ip(1), netns_ip(2), netns_ip(3)];
-    let netns = [1, 2, 3].map(|i| Some(format!("{prefix}-{i}")));
-    let mut cluster = TestCluster::with_hosts("partition", &ips, &netns);
+    let mut cluster = ProcessCluster::example_in_namespaces("partition", &prefix);
     let (leader, took) = cluster.form().await;
     eprintln!("formed in namespaces in {took:?}");
     // The leader is cut off: the minority that still believes it leads.

@@ -6,18 +6,18 @@
 //! the test names' docs) against a 3-node cluster of real `starling`
 //! processes started from `config/cluster/node-N.toml` with certificates.
 
-#[path = "common/certs.rs"]
-mod certs;
-#[path = "common/processes.rs"]
-mod processes;
+mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use processes::{eventually, free_ports, http_get, metric, ProcessCluster, PATIENCE};
+use common::certs;
+use common::processes::{
+    eventually, example_config, free_ports, http_get, metric, NodeProcess, NodeSpec, Placement,
+    ProcessCluster, PATIENCE,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 use starling_client::{Client, ConnectOptions, Event, Events};
@@ -25,17 +25,12 @@ use starling_cluster::raft::{PeerAnswer, PeerMessage, ProposeRefusal};
 use starling_cluster::transport::{PeerTls, PeerTransport, TcpTransport, TcpTransportConfig, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
 /// The example cluster's id (config/cluster/node-N.toml).
 const CLUSTER_ID: &str = "starling";
 
-fn peer_addr(cluster: &ProcessCluster, i: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], cluster.ports[i].peer))
-}
-
 async fn rejected(cluster: &ProcessCluster, i: usize, reason: &str) -> f64 {
     let labels = format!("reason=\"{reason}\"");
-    metric(cluster.api_addr(i), &cluster.api_key, "starling_peer_rejected_total", &labels).await
+    metric(cluster.api_addr(i), &cluster.secrets.api_key, "starling_peer_rejected_total", &labels).await
 }
 
 /// Waits until node `i` has counted more than `before` rejections for `reason`.
@@ -130,7 +125,7 @@ fn forged_delivery(room: &str, epoch: u64) -> Vec<u8> {
 /// Sends a forged delivery for `room` from `dialler` to node-2 (its link
 /// comes up first) until node-2 counts it as refused.
 async fn delivery_is_refused(cluster: &ProcessCluster, dialler: &Arc<TcpTransport>, room: &str, epoch: u64) {
-    let node_2 = peer_addr(cluster, 1).to_string();
+    let node_2 = cluster.peer_addr(1).to_string();
     let before = rejected(cluster, 1, "unauthorized").await;
     dialler.warm(&node_2);
     eventually("the forged delivery is refused", PATIENCE, async || {
@@ -163,9 +158,10 @@ async fn two_members(cluster: &ProcessCluster, room: &str) -> (Client, Client, E
 
 /// Users in `room`'s presence as node `i` answers it.
 async fn presence(cluster: &ProcessCluster, i: usize, room: &str) -> Vec<String> {
-    let (_, body) = http_get(cluster.api_addr(i), &format!("/api/rooms/{room}/presence"), &cluster.api_key)
-        .await
-        .expect("presence answers");
+    let (_, body) =
+        http_get(cluster.api_addr(i), &format!("/api/rooms/{room}/presence"), &cluster.secrets.api_key)
+            .await
+            .expect("presence answers");
     let mut users: Vec<String> = body["members"]
         .as_array()
         .into_iter()
@@ -237,7 +233,7 @@ async fn plain_tcp_garbage_and_an_allocation_bomb_on_the_peer_port_stop_nothing(
     assert_eq!(bomb_frame.len(), 15);
     let garbage: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
     for payload in [framed, bomb_frame, garbage] {
-        let mut stream = tokio::net::TcpStream::connect(peer_addr(&cluster, 0)).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(cluster.peer_addr(0)).await.unwrap();
         let _ = stream.write_all(&payload).await;
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
@@ -261,10 +257,11 @@ async fn forged_proposals_and_deliveries_change_nothing() {
     cluster.wait_formed().await;
     let room = "chat:hostile-forge";
     let (alice, _bob, mut bob_events, epoch) = two_members(&cluster, room).await;
-    let (_, cluster_view) = http_get(cluster.api_addr(0), "/api/cluster", &cluster.api_key).await.unwrap();
+    let (_, cluster_view) =
+        http_get(cluster.api_addr(0), "/api/cluster", &cluster.secrets.api_key).await.unwrap();
     let leader = cluster_view["leader"].as_str().unwrap().to_string();
-    let leader_addr = peer_addr(&cluster, cluster.index_of(&leader)).to_string();
-    let bob_node = peer_addr(&cluster, 1).to_string();
+    let leader_addr = cluster.peer_addr(cluster.index_of(&leader)).to_string();
+    let bob_node = cluster.peer_addr(1).to_string();
     let timeout = Duration::from_secs(3);
 
     // Another CA (a stock `starling cert create-ca`), claiming node-2.
@@ -317,7 +314,8 @@ async fn forged_proposals_and_deliveries_change_nothing() {
     insider.shutdown();
 
     assert_eq!(
-        metric(cluster.api_addr(0), &cluster.api_key, "starling_raft_entries_rejected_total", "").await,
+        metric(cluster.api_addr(0), &cluster.secrets.api_key, "starling_raft_entries_rejected_total", "")
+            .await,
         0.0
     );
     cluster.wait_formed().await;
@@ -340,38 +338,28 @@ async fn a_rogue_process_claiming_a_members_name_takes_nothing_over() {
     starling::certs::create_ca(&rogue_dir).unwrap();
     starling::certs::create_node("node-2", &rogue_dir, &[]).unwrap();
     let ports = free_ports(1)[0];
-    let at = |port: u16| format!("127.0.0.1:{port}");
     let path = |p: std::path::PathBuf| p.display().to_string();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster/node-2.toml");
-    let mut command = Command::new(BIN);
-    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("STARLING_")) {
-        command.env_remove(var);
-    }
-    let rogue = command
-        .arg("--config")
-        .arg(config)
-        .env("STARLING_NODE__DATA_DIR", rogue_dir.join("data"))
-        .env("STARLING_LISTEN__CLIENT", at(ports.client))
-        .env("STARLING_LISTEN__API", at(ports.api))
-        .env("STARLING_LISTEN__PEER", at(ports.peer))
-        .env("STARLING_LISTEN__GOSSIP", at(ports.gossip))
-        .env("STARLING_CLUSTER__SEEDS", &cluster.seeds)
-        .env("STARLING_CLUSTER__INSECURE", "false")
-        .env("STARLING_CLUSTER__TLS__CA", path(rogue_dir.join("ca.crt")))
-        .env("STARLING_CLUSTER__TLS__CERT", path(rogue_dir.join("node-2.crt")))
-        .env("STARLING_CLUSTER__TLS__KEY", path(rogue_dir.join("node-2.key")))
-        .env("STARLING_CLUSTER__GOSSIP_KEY_FILE", path(certs::test_certs().gossip_key_file()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the rogue");
-    let rogue = KillOnDrop(rogue);
+    let placement = Placement {
+        ip: [127, 0, 0, 1].into(),
+        ports,
+        data_dir: rogue_dir.join("data"),
+        seeds: cluster.seeds.clone(),
+    };
+    // The stock binary with node-2's config and the cluster's gossip key
+    // (from the placement), but a certificate of its own CA.
+    let mut spec = NodeSpec::placed("node-2", example_config(2), placement);
+    spec.env = vec![
+        ("STARLING_CLUSTER__TLS__CA".into(), path(rogue_dir.join("ca.crt"))),
+        ("STARLING_CLUSTER__TLS__CERT".into(), path(rogue_dir.join("node-2.crt"))),
+        ("STARLING_CLUSTER__TLS__KEY".into(), path(rogue_dir.join("node-2.key"))),
+    ];
+    let rogue = NodeProcess::spawn(&spec);
 
     // The rogue holds the gossip key, so gossip lists its incarnation of node-2.
-    let rogue_api = SocketAddr::from(([127, 0, 0, 1], ports.api));
+    let rogue_api = spec.api_addr();
     eventually("gossip sees the rogue", PATIENCE, async || {
-        let (_, view) = http_get(rogue_api, "/api/cluster", &cluster.api_key).await.ok_or("no answer")?;
+        let (_, view) =
+            http_get(rogue_api, "/api/cluster", &cluster.secrets.api_key).await.ok_or("no answer")?;
         let seen = view["nodes"].as_array().map_or(0, |nodes| nodes.len());
         if seen >= 3 {
             Ok(())
@@ -398,18 +386,8 @@ async fn a_rogue_process_claiming_a_members_name_takes_nothing_over() {
     let _ = std::fs::remove_dir_all(rogue_dir);
 }
 
-/// A child process killed when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn voters(cluster: &ProcessCluster) -> Vec<(String, bool)> {
-    let (_, view) = http_get(cluster.api_addr(0), "/api/cluster", &cluster.api_key).await.unwrap();
+    let (_, view) = http_get(cluster.api_addr(0), "/api/cluster", &cluster.secrets.api_key).await.unwrap();
     let mut voters: Vec<(String, bool)> = view["nodes"]
         .as_array()
         .into_iter()
@@ -427,7 +405,7 @@ async fn voters(cluster: &ProcessCluster) -> Vec<(String, bool)> {
 async fn unsealed_gossip_datagrams_are_dropped_and_no_node_is_declared_dead() {
     let cluster = ProcessCluster::start("hostile-gossip", "127.0.0.1").await;
     cluster.wait_formed().await;
-    let target = SocketAddr::from(([127, 0, 0, 1], cluster.ports[0].gossip));
+    let target = cluster.gossip_addr(0);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     for size in [0usize, 1, 4, 24, 40, 41, 100, 1400, 9000, 65_507] {
         let garbage: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
@@ -438,7 +416,8 @@ async fn unsealed_gossip_datagrams_are_dropped_and_no_node_is_declared_dead() {
     wait_rejected(&cluster, 0, "gossip_unauthenticated", 5.0).await;
     // Failure detection takes about 2 s; watch past it for false deaths.
     while sent_at.elapsed() < Duration::from_secs(4) {
-        let (_, view) = http_get(cluster.api_addr(1), "/api/cluster", &cluster.api_key).await.unwrap();
+        let (_, view) =
+            http_get(cluster.api_addr(1), "/api/cluster", &cluster.secrets.api_key).await.unwrap();
         let alive: Vec<Value> = view["nodes"].as_array().cloned().unwrap_or_default();
         assert_eq!(alive.len(), 3, "a node was declared dead: {view}");
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -20,10 +20,7 @@
 //! `CI_REQUIRE_NGINX=1` (set by `.ci/run`), which makes a missing
 //! nginx a failure.
 
-#[path = "common/certs.rs"]
-mod certs;
-#[path = "common/processes.rs"]
-mod processes;
+mod common;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::processes::{eventually, ProcessCluster, PATIENCE};
 use futures_util::StreamExt;
-use processes::{eventually, ProcessCluster, PATIENCE};
 use serde_json::{json, Value};
 use starling_client::{Client, ConnectOptions, Event, Events};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -3,17 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::processes::{eventually, NodeProcess, NodeSpec, Signal, BIN};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use starling_client::{ConnectOptions, Event};
-
-const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("starling-test-{}-{}", std::process::id(), rand_suffix()));
@@ -92,61 +89,33 @@ fn the_token_command_mints_a_token_the_server_accepts() {
     assert_eq!(claims.rooms, vec!["chat:*"]);
 }
 
-/// A running binary; killed on drop if a test fails half way.
-struct Running {
-    child: Child,
-    client: SocketAddr,
-    api: SocketAddr,
-    stdout: Vec<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Starts the binary with `args` (and `config`, or dev mode on free ports
+/// without one) and waits for its "node started" line: the process, and the
+/// client and API addresses it bound.
+async fn start(args: &[&str], config: Option<&PathBuf>) -> (NodeProcess, SocketAddr, SocketAddr) {
+    let mut spec = NodeSpec::new("proc-node", config.cloned());
+    spec.args = args.iter().map(|arg| arg.to_string()).collect();
+    if config.is_none() {
+        spec.env = [
+            ("STARLING_LISTEN__CLIENT", "127.0.0.1:0"),
+            ("STARLING_LISTEN__API", "127.0.0.1:0"),
+            ("STARLING_LOG__FORMAT", "json"),
+        ]
+        .map(|(var, value)| (var.to_string(), value.to_string()))
+        .to_vec();
     }
-}
-
-/// Starts the binary and waits (bounded) for its "node started" log line.
-fn spawn(args: &[&str], config: Option<&PathBuf>) -> Running {
-    let mut command = Command::new(BIN);
-    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    } else {
-        // Dev mode on free ports.
-        command
-            .env("STARLING_LISTEN__CLIENT", "127.0.0.1:0")
-            .env("STARLING_LISTEN__API", "127.0.0.1:0")
-            .env("STARLING_LOG__FORMAT", "json");
-    }
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining after the test stops listening, so the node never
-        // writes into a closed pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = loop {
-        let line = rx.recv_timeout(PATIENCE).expect("the node logs that it started");
-        let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-        if value["message"] == json!("node started") {
-            break value;
-        }
-    };
+    let mut node = NodeProcess::spawn(&spec);
+    let started = node.wait_started().await;
     let addr = |key: &str| started[key].as_str().unwrap().parse().unwrap();
     let (client, api) = (addr("client"), addr("api"));
-    Running { child, client, api, stdout: Vec::new() }
+    (node, client, api)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_clients_with_1012_and_exits_zero() {
     let path = temp_file("node.toml", CONFIG);
-    let mut running = spawn(&["serve"], Some(&path));
-    let url = format!("ws://{}/ws", running.client);
+    let (mut running, client_addr, _) = start(&["serve"], Some(&path)).await;
+    let url = format!("ws://{client_addr}/ws");
     let mut clients = Vec::new();
     for i in 0..3 {
         let options = ConnectOptions::new(&url).token(token(&format!("u{i}"), &["*"]));
@@ -155,8 +124,7 @@ async fn sigterm_drains_clients_with_1012_and_exits_zero() {
         clients.push((client, events));
     }
     let reply = clients[0].0.publish("chat:bye", json!("before")).await.unwrap();
-    let status = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    running.signal(Signal::Term);
     for (_, events) in clients.iter_mut() {
         let mut delivered = false;
         let code = loop {
@@ -169,25 +137,23 @@ async fn sigterm_drains_clients_with_1012_and_exits_zero() {
         assert!(delivered, "an accepted publish was lost in the drain");
         assert_eq!(code, Some(1012));
     }
-    let exit = within("the process exits", async {
-        loop {
-            if let Some(status) = running.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let exit = running.wait_exit(PATIENCE).await;
     assert!(exit.success(), "exit status {exit:?}");
-    let _ = running.stdout.len();
-    let _ = running.api;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_prints_working_credentials_and_serves_the_demo_page() {
-    let mut running = spawn(&[], None);
-    let stdout = running.child.stdout.take().unwrap();
-    let lines: Vec<String> = BufReader::new(stdout).lines().take(8).map_while(Result::ok).collect();
+    let (running, client_addr, api_addr) = start(&[], None).await;
+    let lines = eventually("dev mode prints its credentials", PATIENCE, async || {
+        let lines = running.log_lines();
+        let printed = |prefix: &str| lines.iter().any(|l| l.trim().starts_with(prefix));
+        if printed("API key:") && printed("Sample token (alice, chat:*, 1h):") {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:#?}"))
+        }
+    })
+    .await;
     let find = |prefix: &str| {
         lines
             .iter()
@@ -196,24 +162,23 @@ async fn dev_mode_prints_working_credentials_and_serves_the_demo_page() {
     };
     let api_key = find("API key:");
     let token = find("Sample token (alice, chat:*, 1h):");
-    let url = format!("ws://{}/ws", running.client);
+    let url = format!("ws://{}/ws", client_addr);
     let (client, _events) = try_connect(ConnectOptions::new(&url).token(&token)).await.unwrap();
     assert_eq!(client.welcome().user, "alice");
     client.join("chat:lobby", None).await.unwrap();
     let auth = format!("Bearer {api_key}");
-    let cluster = http(running.api, "GET", "/api/cluster", &[("Authorization", &auth)], "").await;
+    let cluster = http(api_addr, "GET", "/api/cluster", &[("Authorization", &auth)], "").await;
     assert_eq!(cluster.status, 200);
-    let page = http(running.api, "GET", "/", &[], "").await;
+    let page = http(api_addr, "GET", "/", &[], "").await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains(&format!("ws://{}/ws", running.client)), "the page knows the WebSocket URL");
-    let dev_token = http(running.api, "GET", "/dev/token?user=bob", &[], "").await.json();
+    assert!(page.body.contains(&format!("ws://{}/ws", client_addr)), "the page knows the WebSocket URL");
+    let dev_token = http(api_addr, "GET", "/dev/token?user=bob", &[], "").await.json();
     let (bob, _) = try_connect(
         ConnectOptions::new(&url)
             .token(dev_token["token"].as_str().unwrap())
-            .origin(format!("http://{}", running.api)),
+            .origin(format!("http://{}", api_addr)),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bob.welcome().user, "bob");
-    running.stdout = lines;
 }

@@ -7,17 +7,13 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::proto::{Conn, Protocol};
+use crate::proto::Conn;
+use crate::target::Target;
 
 #[derive(Args, Clone, Debug)]
 pub struct ChurnArgs {
-    #[arg(long, value_enum, default_value = "starling")]
-    pub protocol: Protocol,
-    /// Server URL(s), comma-separated; workers are spread over them.
-    #[arg(long)]
-    pub url: String,
-    #[arg(long, default_value = "")]
-    pub token: String,
+    #[command(flatten)]
+    pub target: Target,
     /// Concurrent connect/close loops.
     #[arg(long, default_value_t = 50)]
     pub workers: usize,
@@ -26,12 +22,13 @@ pub struct ChurnArgs {
 }
 
 pub async fn run(args: ChurnArgs) -> anyhow::Result<Value> {
-    let urls: Vec<String> = args.url.split(',').map(str::to_string).collect();
+    let urls = args.target.urls();
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(args.duration_secs);
     let mut tasks = Vec::new();
     for w in 0..args.workers {
-        let (url, token, protocol) = (urls[w % urls.len()].clone(), args.token.clone(), args.protocol);
+        let (url, token, protocol) =
+            (urls[w % urls.len()].clone(), args.target.token.clone(), args.target.protocol);
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut failed = 0u64;
@@ -59,7 +56,7 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<Value> {
     let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
     Ok(json!({
         "scenario": "churn",
-        "protocol": args.protocol,
+        "protocol": args.target.protocol,
         "workers": args.workers,
         "connections": total.len(),
         "failed": failed,

@@ -20,20 +20,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::proto::{bench_data, now_us, publish_frame, Conn, Incoming, Protocol};
 use crate::sys::{cpu_seconds, kill9, parse_pids, total_cpu, total_rss};
+use crate::target::{split_urls, Target};
 
 #[derive(Args, Clone, Debug)]
 pub struct FanoutArgs {
-    #[arg(long, value_enum, default_value = "starling")]
-    pub protocol: Protocol,
-    /// Server URL(s), comma-separated; members are spread over them.
-    #[arg(long)]
-    pub url: String,
+    // Members are spread over `--url`; the token must allow `--namespace:*`.
+    #[command(flatten)]
+    pub target: Target,
     /// Where the publishers connect, comma-separated (default: `--url`).
     #[arg(long)]
     pub publish_url: Option<String>,
-    /// A token that allows `--namespace:*` (ignored by Socket.IO).
-    #[arg(long, default_value = "")]
-    pub token: String,
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     #[arg(long)]
@@ -163,14 +159,10 @@ fn room_name(namespace: &str, i: usize) -> String {
     format!("{namespace}:bench-{i}")
 }
 
-fn split_urls(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
-}
-
 impl Swarm {
     pub async fn connect(args: FanoutArgs) -> anyhow::Result<Swarm> {
         anyhow::ensure!(args.rooms > 0 && args.members_per_room > 0, "need rooms and members");
-        let urls = split_urls(&args.url);
+        let urls = args.target.urls();
         let publish_urls = args.publish_url.as_deref().map(split_urls).unwrap_or_else(|| urls.clone());
         let received = Arc::new(AtomicU64::new(0));
         let gate = Arc::new(Semaphore::new(128));
@@ -180,9 +172,9 @@ impl Swarm {
             let room = i % args.rooms;
             let stats = Arc::new(Mutex::new(MemberStats::new(u64::MAX, None)));
             let (url, token, name) =
-                (urls[i % urls.len()].clone(), args.token.clone(), room_name(&args.namespace, room));
+                (urls[i % urls.len()].clone(), args.target.token.clone(), room_name(&args.namespace, room));
             let (gate, protocol, shared, counter) =
-                (gate.clone(), args.protocol, stats.clone(), received.clone());
+                (gate.clone(), args.target.protocol, stats.clone(), received.clone());
             joining.push((
                 room,
                 stats,
@@ -209,12 +201,12 @@ impl Swarm {
         let padding = "x".repeat(args.payload_bytes);
         for room in 0..args.rooms {
             let url = &publish_urls[room % publish_urls.len()];
-            let mut conn = Conn::connect(args.protocol, url, &args.token).await?;
+            let mut conn = Conn::connect(args.target.protocol, url, &args.target.token).await?;
             let name = room_name(&args.namespace, room);
             conn.join(&name).await?;
             let (tx, rx) = mpsc::channel(1);
             let counters = (sent.clone(), refused.clone());
-            tokio::spawn(publisher_loop(conn, args.protocol, name, padding.clone(), rx, counters));
+            tokio::spawn(publisher_loop(conn, args.target.protocol, name, padding.clone(), rx, counters));
             publishers.push(tx);
         }
         Ok(Swarm { args, members, publishers, received, sent, refused, next_step: 0, warming_up: false })
@@ -513,7 +505,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         .cloned();
     Ok(json!({
         "scenario": "fanout",
-        "protocol": args.protocol,
+        "protocol": args.target.protocol,
         "rooms": args.rooms,
         "members_per_room": args.members_per_room,
         "payload_bytes": args.payload_bytes,

@@ -13,18 +13,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
-use crate::proto::{Conn, Protocol};
+use crate::proto::Conn;
 use crate::sys::{parse_pids, total_rss};
+use crate::target::Target;
 
 #[derive(Args, Clone, Debug)]
 pub struct IdleArgs {
-    #[arg(long, value_enum, default_value = "starling")]
-    pub protocol: Protocol,
-    /// Server URL(s), comma-separated; connections are spread over them.
-    #[arg(long)]
-    pub url: String,
-    #[arg(long, default_value = "")]
-    pub token: String,
+    #[command(flatten)]
+    pub target: Target,
     /// Connection counts at which the RSS is read, ascending.
     #[arg(long, default_value = "1000,5000,10000,19000")]
     pub steps: String,
@@ -44,12 +40,8 @@ pub struct IdleArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct HoldArgs {
-    #[arg(long, value_enum, default_value = "starling")]
-    pub protocol: Protocol,
-    #[arg(long)]
-    pub url: String,
-    #[arg(long, default_value = "")]
-    pub token: String,
+    #[command(flatten)]
+    pub target: Target,
     #[arg(long)]
     pub conns: usize,
 }
@@ -57,14 +49,14 @@ pub struct HoldArgs {
 /// Child side: open `conns` connections, print `ready N`, hold them
 /// (answering heartbeats) until stdin closes.
 pub async fn hold(args: HoldArgs) -> anyhow::Result<Value> {
-    let urls: Vec<String> = args.url.split(',').map(str::to_string).collect();
+    let urls = args.target.urls();
     let gate = std::sync::Arc::new(Semaphore::new(128));
     let mut opening = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
-        let (url, token, gate) = (urls[i % urls.len()].clone(), args.token.clone(), gate.clone());
+        let (url, token, gate) = (urls[i % urls.len()].clone(), args.target.token.clone(), gate.clone());
         opening.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
-            let conn = Conn::connect(args.protocol, &url, &token).await?;
+            let conn = Conn::connect(args.target.protocol, &url, &token).await?;
             drop(permit);
             anyhow::Ok(conn)
         }));
@@ -88,12 +80,9 @@ struct Holder {
 }
 
 async fn spawn_holder(exe: &str, args: &IdleArgs, conns: usize) -> anyhow::Result<Holder> {
-    let protocol = match args.protocol {
-        Protocol::Starling => "starling",
-        Protocol::Socketio => "socketio",
-    };
     let mut child = Command::new(exe)
-        .args(["hold", "--protocol", protocol, "--url", &args.url, "--token", &args.token])
+        .arg("hold")
+        .args(args.target.to_args())
         .args(["--conns", &conns.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -181,7 +170,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "scenario": "idle",
-        "protocol": args.protocol,
+        "protocol": args.target.protocol,
         "server_rss_baseline_bytes": baseline,
         "steps": rows,
         "bytes_per_connection_slope": slope(&points).round(),

@@ -8,17 +8,13 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::proto::{Conn, Protocol};
+use crate::proto::Conn;
+use crate::target::Target;
 
 #[derive(Args, Clone, Debug)]
 pub struct JoinsArgs {
-    #[arg(long, value_enum, default_value = "starling")]
-    pub protocol: Protocol,
-    /// Server URL(s), comma-separated; connections are spread over them.
-    #[arg(long)]
-    pub url: String,
-    #[arg(long, default_value = "")]
-    pub token: String,
+    #[command(flatten)]
+    pub target: Target,
     /// Connections joining concurrently.
     #[arg(long)]
     pub conns: usize,
@@ -33,12 +29,12 @@ pub struct JoinsArgs {
 }
 
 pub async fn run(args: JoinsArgs) -> anyhow::Result<Value> {
-    let urls: Vec<String> = args.url.split(',').map(str::to_string).collect();
+    let urls = args.target.urls();
     let gate = std::sync::Arc::new(Semaphore::new(128));
     let mut sockets = Vec::new();
     for i in 0..args.conns {
         let _permit = gate.acquire().await?;
-        sockets.push(Conn::connect(args.protocol, &urls[i % urls.len()], &args.token).await?);
+        sockets.push(Conn::connect(args.target.protocol, &urls[i % urls.len()], &args.target.token).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -76,7 +72,7 @@ pub async fn run(args: JoinsArgs) -> anyhow::Result<Value> {
     drop(keep);
     Ok(json!({
         "scenario": "joins",
-        "protocol": args.protocol,
+        "protocol": args.target.protocol,
         "connections": args.conns,
         "with_leave": args.leave,
         "operations": ops,

@@ -11,6 +11,7 @@
 //! - [`raw`]: the raw tokio-tungstenite broadcast server (the ceiling).
 //! - [`report`]: the Markdown comparison table from a directory of results.
 //! - [`sys`]: RSS and CPU time from /proc, `kill -9`.
+//! - [`target`]: the `--protocol`/`--url`/`--token` block every client command shares.
 //!
 //! Every command prints one JSON object on stdout; progress goes to stderr.
 
@@ -24,6 +25,7 @@ pub mod proto;
 pub mod raw;
 pub mod report;
 pub mod sys;
+pub mod target;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;

@@ -11,12 +11,14 @@
 //! - [`raft`]: openraft types, the durable redb log, the state machine over an
 //!   application `Applier`.
 //! - [`transport`]: node-to-node links (TCP and in-memory) behind one trait.
-//! - [`faults`]: link cuts for in-process tests (wrappers of the real transports).
+//! - `faults` (feature `faults`, tests only): link cuts for in-process tests
+//!   (wrappers of the real transports).
 //! - [`codec`]: the one encoding of node-to-node data (bincode).
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
+#[cfg(feature = "faults")]
 pub mod faults;
 pub mod membership;
 pub mod raft;

@@ -3,6 +3,9 @@
 //!
 //! Every wait is a condition with a deadline: polling `live_members` or
 //! awaiting the change stream under `tokio::time::timeout`.
+//!
+//! One node of the sealed test gossips through the fault wrapper, so this file
+//! needs the `faults` feature (`--all-features`, as `scripts/test.sh` runs it).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

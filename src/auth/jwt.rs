@@ -76,20 +76,9 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
-/// The algorithms accepted with this config, or why they do not fit its key.
+/// The algorithms accepted with this config, or why they do not fit its key
+/// (`AuthConfig::check_jwt_algorithms`, the check config validation makes).
 pub fn algorithms_for(auth: &AuthConfig) -> Result<Vec<Algorithm>, String> {
-    let hmac = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-    let public = [
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::PS256,
-        Algorithm::PS384,
-        Algorithm::PS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-    ];
-    let uses_public_key = auth.jwt_public_key_pem.is_some();
     if auth.jwt_algorithms.is_empty() {
         return Ok(match &auth.jwt_public_key_pem {
             None => vec![Algorithm::HS256],
@@ -98,21 +87,11 @@ pub fn algorithms_for(auth: &AuthConfig) -> Result<Vec<Algorithm>, String> {
             Some(_) => vec![Algorithm::RS256],
         });
     }
-    let mut algorithms = Vec::new();
-    for name in &auth.jwt_algorithms {
-        let algorithm: Algorithm =
-            name.parse().map_err(|_| format!("unknown or unsupported algorithm `{name}`"))?;
-        let fits = if uses_public_key { public.contains(&algorithm) } else { hmac.contains(&algorithm) };
-        if !fits {
-            let kind = if uses_public_key { "a public key" } else { "a shared secret" };
-            return Err(format!("algorithm `{name}` does not work with {kind}"));
-        }
-        algorithms.push(algorithm);
-    }
-    if algorithms.iter().any(|a| a.family() != algorithms[0].family()) {
-        return Err("all algorithms must be of one family (RS/PS or ES)".into());
-    }
-    Ok(algorithms)
+    auth.check_jwt_algorithms()?;
+    auth.jwt_algorithms
+        .iter()
+        .map(|name| name.parse().map_err(|_| format!("unknown or unsupported algorithm `{name}`")))
+        .collect()
 }
 
 impl JwtVerifier {
@@ -277,6 +256,7 @@ pub fn sign_claims(secret: &str, claims: &Claims) -> Result<String, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{JwtAlgorithmFamily, JWT_ALGORITHMS};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -440,6 +420,21 @@ mod tests {
             huge_leeway.verify_at(&ttl, u64::MAX).unwrap_err(),
             AuthError::Invalid("lifetime (exp - iat) is over the maximum")
         );
+    }
+
+    #[test]
+    fn config_algorithm_names_are_the_libraries_with_the_same_family() {
+        for (name, family) in JWT_ALGORITHMS {
+            let algorithm: Algorithm =
+                name.parse().unwrap_or_else(|_| panic!("jsonwebtoken knows no `{name}`"));
+            let expected = match family {
+                JwtAlgorithmFamily::Hmac => jsonwebtoken::AlgorithmFamily::Hmac,
+                JwtAlgorithmFamily::Rsa => jsonwebtoken::AlgorithmFamily::Rsa,
+                JwtAlgorithmFamily::Ec => jsonwebtoken::AlgorithmFamily::Ec,
+                JwtAlgorithmFamily::Ed => jsonwebtoken::AlgorithmFamily::Ed,
+            };
+            assert_eq!(algorithm.family(), expected, "{name}");
+        }
     }
 
     #[test]

@@ -60,18 +60,6 @@ impl TestCerts {
         ]
     }
 
-    /// The `[cluster]` lines of a secure node's config file.
-    pub fn toml(&self, name: &str) -> String {
-        let (cert, key) = self.node(name);
-        format!(
-            "gossip_key_file = \"{}\"\n[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            self.gossip_key_file().display(),
-            self.ca().display(),
-            cert.display(),
-            key.display()
-        )
-    }
-
     /// Makes an in-process node's config secure.
     pub fn apply(&self, config: &mut Config) {
         let (cert, key) = self.node(&config.node.name);

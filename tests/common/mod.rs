@@ -1,10 +1,15 @@
 //! Test harness: an in-process node on loopback port 0, token minting, real
 //! WebSocket clients, a raw HTTP client, and waiting on conditions with a
 //! deadline (never sleeping as synchronisation).
+//!
+//! - [`certs`]: the test cluster CA, node certificates and gossip key.
+//! - [`processes`]: real `starling` processes, one or a cluster, with
+//!   signals and network namespaces (every test that runs the binary).
 
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod processes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -161,7 +166,8 @@ impl HttpResponse {
     }
 }
 
-/// Sends one HTTP request over a fresh connection and reads the whole response.
+/// Sends one HTTP request over a fresh connection and reads the whole
+/// response; the test fails if none comes within `PATIENCE`.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -169,7 +175,21 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpResponse {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_http(addr, method, path, headers, body, PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP response from {addr} to {method} {path}"))
+}
+
+/// Like [`http`], but `None` when nothing answers within `limit` (a node
+/// that is not listening yet, killed, or paused).
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    limit: Duration,
+) -> Option<HttpResponse> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -179,10 +199,14 @@ pub async fn http(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    within("an HTTP response", stream.read_to_end(&mut raw)).await.unwrap();
-    parse_http(&String::from_utf8_lossy(&raw))
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        Some(parse_http(&String::from_utf8_lossy(&raw)))
+    };
+    tokio::time::timeout(limit, exchange).await.ok().flatten()
 }
 
 fn parse_http(text: &str) -> HttpResponse {
