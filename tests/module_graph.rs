@@ -23,7 +23,11 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
             let relative = path.strip_prefix(&src).unwrap();
             let first = relative.components().next().unwrap().as_os_str().to_string_lossy().to_string();
             let module = first.trim_end_matches(".rs").to_string();
-            if ["lib", "main", "testing"].contains(&module.as_str())
+            // Test-only files (`tests.rs` modules, `testing.rs` support).
+            let file = path.file_name().unwrap().to_string_lossy();
+            let test_only = file == "tests.rs" || file == "testing.rs";
+            if ["lib", "main"].contains(&module.as_str())
+                || test_only
                 || path.extension().is_none_or(|e| e != "rs")
             {
                 continue;
