@@ -6,6 +6,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+
+mod addr;
+pub use addr::parse_socket_addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,12 +49,16 @@ impl Default for NodeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// WebSocket listener for clients (`GET /ws`).
+    #[serde(deserialize_with = "addr::socket_addr")]
     pub client: SocketAddr,
     /// HTTP listener: server API, health, metrics, demo page.
+    #[serde(deserialize_with = "addr::socket_addr")]
     pub api: SocketAddr,
     /// Node-to-node links (Raft and forwarding).
+    #[serde(deserialize_with = "addr::socket_addr")]
     pub peer: SocketAddr,
     /// Gossip (UDP).
+    #[serde(deserialize_with = "addr::socket_addr")]
     pub gossip: SocketAddr,
     /// TLS on the client (`wss://`) and API (`https://`) listeners; absent:
     /// plain `ws://` and `http://`.
@@ -355,7 +362,8 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Pretty }
+        // openraft logs its internal state at info; operators want ours.
+        LogConfig { level: "info,openraft=warn".into(), format: LogFormat::Pretty }
     }
 }
 
@@ -432,17 +440,49 @@ pub enum PublishPolicy {
     Server,
 }
 
+/// The shortest `auth.jwt_hs256_secret` accepted (256 bits, as HS256 needs).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// A configuration that could not be loaded or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} is not valid TOML at line {line}, column {column}: {message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("config key `{key}`: {message}")]
     Key { key: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    /// A key set by a `STARLING_*` variable has a bad value.
+    #[error("environment variable {var} (config key `{key}`): {message}")]
+    EnvKey { var: String, key: String, message: String },
+}
+
+impl ConfigError {
+    /// Names the variable when the key at fault came from one.
+    fn naming_variable(self, from_env: &[(String, String)]) -> ConfigError {
+        let ConfigError::Key { key, message } = self else {
+            return self;
+        };
+        let set_by = from_env.iter().find(|(_, env_key)| {
+            key == *env_key
+                || key.starts_with(&format!("{env_key}."))
+                || env_key.starts_with(&format!("{key}."))
+        });
+        match set_by {
+            Some((var, _)) => ConfigError::EnvKey { var: var.clone(), key, message },
+            None => ConfigError::Key { key, message },
+        }
+    }
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -460,19 +500,19 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-                    path: path.into(),
-                    message: e.message().to_string(),
+                text.parse::<toml::Table>().map_err(|e| {
+                    let (line, column) = line_and_column(&text, e.span().map_or(0, |span| span.start));
+                    ConfigError::Syntax { path: path.into(), line, column, message: e.message().to_string() }
                 })?
             }
             None => toml::Table::new(),
         };
-        apply_env_overrides(&mut table, env)?;
-        let mut config = Config::from_table(table)?;
+        let from_env = apply_env_overrides(&mut table, env)?;
+        let mut config = Config::from_table(table).map_err(|e| e.naming_variable(&from_env))?;
         if let Some(folder) = path.and_then(Path::parent) {
             config.resolve_relative_paths(folder);
         }
-        config.validate()?;
+        config.validate().map_err(|e| e.naming_variable(&from_env))?;
         Ok(config)
     }
 
@@ -502,9 +542,9 @@ impl Config {
         let text = toml::to_string(&base).map_err(|e| key_error("(top level)", e.to_string()))?;
         let mut table =
             text.parse::<toml::Table>().map_err(|e| key_error("(top level)", e.message().to_string()))?;
-        apply_env_overrides(&mut table, env)?;
-        let config = Config::from_table(table)?;
-        config.validate()?;
+        let from_env = apply_env_overrides(&mut table, env)?;
+        let config = Config::from_table(table).map_err(|e| e.naming_variable(&from_env))?;
+        config.validate().map_err(|e| e.naming_variable(&from_env))?;
         Ok(config)
     }
 
@@ -520,6 +560,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node.name.is_empty() || self.node.name.len() > 64 {
             return Err(key_error("node.name", "must be 1 to 64 characters"));
+        }
+        if self.namespaces.is_empty() {
+            return Err(key_error(
+                "namespaces",
+                "no namespace is configured, so every join would be refused; add a [[namespaces]] table, e.g. name = \"chat\"",
+            ));
         }
         self.validate_cluster()?;
         let limits = &self.limits;
@@ -718,7 +764,7 @@ impl Config {
             ));
         }
         if let Some(secret) = &auth.jwt_hs256_secret {
-            if secret.len() < 32 {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
                 return Err(key_error("auth.jwt_hs256_secret", "must be at least 32 bytes"));
             }
         }
@@ -820,10 +866,13 @@ const NOT_CONFIG_VARS: [&str; 1] = ["STARLING_TOKEN_SECRET"];
 
 /// Sets `STARLING_A__B=value` as key `a.b`. A value is read as TOML when it
 /// parses as a TOML value (numbers, booleans, arrays), else as a string.
+/// Sets the keys of `STARLING_*` variables in `table`; returns each
+/// variable with the key it set (`limits.max_connections`).
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut set = Vec::new();
     for (var, raw) in env {
         let Some(path) = var.strip_prefix("STARLING_") else {
             continue;
@@ -846,8 +895,9 @@ fn apply_env_overrides(
             };
         }
         cursor.insert(last.clone(), value);
+        set.push((var, keys.join(".")));
     }
-    Ok(())
+    Ok(set)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -878,7 +928,20 @@ impl NamespacePolicies {
 mod tests {
     use super::*;
 
+    /// Loads `text` as a config file (with a `chat` namespace added where
+    /// the text has none) and `env` as its environment.
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let with_namespace;
+        let text = if text.contains("namespaces") {
+            text
+        } else {
+            with_namespace = format!("{text}\n[[namespaces]]\nname = \"chat\"\n");
+            &with_namespace
+        };
+        load_exactly(text, env)
+    }
+
+    fn load_exactly(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!("starling-config-{}", rand::random::<u64>()));
         std::fs::write(&dir, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
@@ -992,7 +1055,7 @@ mod tests {
             "[cluster.tls]\nca = \"certs/ca.crt\"\ncert = \"certs/node-1.crt\"\nkey = \"certs/node-1.key\"\n";
         let load_file = |text: &str| {
             let path = dir.join("node.toml");
-            std::fs::write(&path, text).unwrap();
+            std::fs::write(&path, format!("{text}\n[[namespaces]]\nname = \"chat\"\n")).unwrap();
             Config::load(Some(&path), Vec::new())
         };
         let no_key = load_file(&format!("{cluster}{tls}")).unwrap_err().to_string();
@@ -1052,7 +1115,7 @@ mod tests {
         std::fs::write(dir.join("certs/node.key"), generated.signing_key.serialize_pem()).unwrap();
         let load_file = |text: &str| {
             let path = dir.join("node.toml");
-            std::fs::write(&path, text).unwrap();
+            std::fs::write(&path, format!("{text}\n[[namespaces]]\nname = \"chat\"\n")).unwrap();
             Config::load(Some(&path), Vec::new())
         };
         let absolute = dir.join("certs/node.key");
@@ -1100,5 +1163,48 @@ mod tests {
         let text = config.to_masked_toml();
         assert!(!text.contains("super-secret") && !text.contains("api-key-value"), "{text}");
         assert!(text.contains("********"));
+    }
+
+    #[test]
+    fn a_config_without_namespaces_is_refused_because_every_join_would_be() {
+        let error = load_exactly("[node]\nname = \"n\"\n", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `namespaces`: no namespace is configured"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_value_from_an_environment_variable_names_the_variable_and_the_key() {
+        let env = [("STARLING_LIMITS__MAX_CONNECTIONS", "lots")];
+        let error = load("", &env).unwrap_err().to_string();
+        assert!(
+            error.starts_with("environment variable STARLING_LIMITS__MAX_CONNECTIONS (config key `limits.max_connections`): "),
+            "{error}"
+        );
+        let error = load("", &[("STARLING_LIMITS__MAX_CONNECTIONS", "0")]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "environment variable STARLING_LIMITS__MAX_CONNECTIONS (config key `limits.max_connections`): must be greater than 0"
+        );
+        // The same mistake in the file names the key only.
+        let error = load("[limits]\nmax_connections = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(error, "config key `limits.max_connections`: must be greater than 0");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_says_where() {
+        let error = load_exactly("[node]\nname = \"n\"\nport = = 3\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("is not valid TOML at line 3, column 8: "), "{error}");
+    }
+
+    #[test]
+    fn listen_addresses_may_name_a_host() {
+        let config = load("[listen]\nclient = \"localhost:7601\"\n", &[]).unwrap();
+        assert!(config.listen.client.ip().is_loopback());
+        let error = load("[listen]\napi = \"localhost\"\n", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `listen.api`: `localhost` has no port"), "{error}");
+        let error = load("", &[("STARLING_LISTEN__CLIENT", "localhost:x")]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("environment variable STARLING_LISTEN__CLIENT (config key `listen.client`)"),
+            "{error}"
+        );
     }
 }

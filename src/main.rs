@@ -71,7 +71,20 @@ enum CertCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are printed as one line per cause (`error: ...: ...`), never
+/// as a backtrace, whatever `RUST_BACKTRACE` says: they are messages for
+/// the operator, not crashes.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
@@ -85,6 +98,12 @@ fn main() -> anyhow::Result<()> {
                 Some(text) => Some(serde_json::from_str(&text).context("--meta must be a JSON object")?),
                 None => None,
             };
+            if secret.len() < starling::config::MIN_HS256_SECRET_BYTES {
+                anyhow::bail!(
+                    "--secret must be at least {} bytes: the server refuses a shorter auth.jwt_hs256_secret, so no token signed with it would be accepted",
+                    starling::config::MIN_HS256_SECRET_BYTES
+                );
+            }
             let request = MintRequest { sub, rooms, ttl, meta, audience: aud, issuer: iss };
             println!("{}", mint_token(&secret, &request)?);
             Ok(())
@@ -133,8 +152,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         if exporting {
             tracing::info!("exporting traces over OTLP/HTTP");
         }
-        if let Some(secret) = generated {
-            print_dev_banner(&config, &node, secret.as_deref())?;
+        match generated {
+            Some(secret) => print_dev_banner(&config, &node, secret.as_deref())?,
+            None => print_node_banner(&config, &node, path.as_deref()),
         }
         wait_for_signal().await?;
         node.shutdown().await;
@@ -186,6 +206,26 @@ fn print_dev_banner(config: &Config, node: &Node, secret: Option<&str>) -> anyho
     }
     println!("These secrets are generated at each start and are for this process only.");
     Ok(())
+}
+
+/// What a node started from a config file tells its operator: where it
+/// listens and where its secrets come from (never the secrets).
+fn print_node_banner(config: &Config, node: &Node, path: Option<&std::path::Path>) {
+    let source = path.map_or_else(|| "STARLING_* variables".to_string(), |p| p.display().to_string());
+    println!("Starling node `{}` is running (config: {source}).", config.node.name);
+    println!("  WebSocket:  {}", node.client_url());
+    println!("  HTTP API:   {}  (Authorization: Bearer <auth.api_key>)", node.api_url());
+    if config.api.demo {
+        println!("  Demo chat:  {}/", node.api_url());
+    }
+    if let (Some(peer), Some(gossip)) = (node.peer_addr(), node.gossip_addr()) {
+        let security =
+            if config.cluster.insecure { "insecure (loopback only)" } else { "mutual TLS, sealed gossip" };
+        println!(
+            "  Cluster:    peer {peer}, gossip {gossip}, {security}; see {}/api/cluster",
+            node.api_url()
+        );
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

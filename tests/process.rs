@@ -182,3 +182,49 @@ async fn dev_mode_prints_working_credentials_and_serves_the_demo_page() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bob.welcome().user, "bob");
 }
+
+#[test]
+fn the_token_command_refuses_a_secret_the_server_would_refuse() {
+    let output = Command::new(BIN).args(["token", "--secret", "abc", "--sub", "carol"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no token is printed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: --secret must be at least 32 bytes"), "{stderr}");
+}
+
+#[test]
+fn config_errors_are_one_message_even_with_rust_backtrace_set() {
+    let path = temp_file("bad.toml", "[limits]\nmax_connections = 0\n[[namespaces]]\nname = \"chat\"\n");
+    let output =
+        Command::new(BIN).args(["check-config"]).arg(&path).env("RUST_BACKTRACE", "1").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end(), "error: config key `limits.max_connections`: must be greater than 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_from_a_config_file_prints_a_banner_and_pipes_logs_without_terminal_colours() {
+    let path = temp_file("node.toml", CONFIG);
+    let mut spec = NodeSpec::new("proc-node", Some(path));
+    spec.env = vec![("STARLING_LOG__FORMAT".to_string(), "pretty".to_string())];
+    let running = NodeProcess::spawn(&spec);
+    let lines = eventually("the node logs that it started", PATIENCE, async || {
+        let lines = running.log_lines();
+        if lines.iter().any(|l| l.contains("node started")) {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:#?}"))
+        }
+    })
+    .await;
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "ANSI escapes in piped logs: {lines:#?}");
+    let banner = eventually("the node prints its banner", PATIENCE, async || {
+        let lines = running.log_lines();
+        lines
+            .iter()
+            .any(|l| l.starts_with("Starling node `proc-node` is running"))
+            .then_some(())
+            .ok_or(format!("{lines:#?}"))
+    });
+    banner.await;
+}
