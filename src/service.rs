@@ -104,10 +104,6 @@ impl RoomService {
         }
     }
 
-    pub fn node(&self) -> &Arc<str> {
-        &self.node
-    }
-
     pub fn replicator(&self) -> &Arc<Replicator> {
         &self.replicator
     }

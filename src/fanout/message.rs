@@ -109,30 +109,32 @@ pub trait FrameEncoder: Send + Sync + 'static {
 }
 
 /// Frames already encoded for one fan-out, one per encoder met so far.
-/// A fan-out meets one or two protocols: a linear scan beats a map.
+/// A fan-out meets one or two protocols: the first frame is kept inline (no
+/// allocation per message in the common one-protocol room), any other in a
+/// short list scanned linearly.
 pub struct FrameCache<'a> {
     encode: &'a dyn Fn(&dyn FrameEncoder) -> Option<Utf8Bytes>,
-    frames: Vec<(*const (), Option<Utf8Bytes>)>,
+    first: Option<(*const (), Option<Utf8Bytes>)>,
+    others: Vec<(*const (), Option<Utf8Bytes>)>,
 }
 
 impl<'a> FrameCache<'a> {
     pub fn new(encode: &'a dyn Fn(&dyn FrameEncoder) -> Option<Utf8Bytes>) -> FrameCache<'a> {
-        FrameCache { encode, frames: Vec::new() }
+        FrameCache { encode, first: None, others: Vec::new() }
     }
 
     /// The frame for `encoder`'s protocol, encoded on first use.
     pub fn frame_for(&mut self, encoder: &Arc<dyn FrameEncoder>) -> Option<Utf8Bytes> {
         let key = Arc::as_ptr(encoder) as *const ();
-        if let Some((_, frame)) = self.frames.iter().find(|(k, _)| *k == key) {
+        let known = self.first.iter().chain(&self.others).find(|(k, _)| *k == key);
+        if let Some((_, frame)) = known {
             return frame.clone();
         }
         let frame = (self.encode)(encoder.as_ref());
-        self.frames.push((key, frame.clone()));
+        match self.first {
+            None => self.first = Some((key, frame.clone())),
+            Some(_) => self.others.push((key, frame.clone())),
+        }
         frame
-    }
-
-    /// How many encodings were made (one per protocol met).
-    pub fn encodings(&self) -> usize {
-        self.frames.len()
     }
 }

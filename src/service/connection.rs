@@ -50,14 +50,6 @@ impl ConnectionRooms {
         self.rooms.contains(room)
     }
 
-    pub fn len(&self) -> usize {
-        self.rooms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty()
-    }
-
     /// Joins `room` with `meta` (JSON object text) and returns its epoch;
     /// the member is in presence on every node once this returns. The
     /// caller sends its reply from [`RoomService::join_point`].
