@@ -479,7 +479,12 @@ impl ConfigError {
 
 /// The 1-based line and column of byte `offset` in `text`.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // A span is a byte offset; never slice inside a character.
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -1187,6 +1192,16 @@ mod tests {
         // The same mistake in the file names the key only.
         let error = load("[limits]\nmax_connections = 0\n", &[]).unwrap_err().to_string();
         assert_eq!(error, "config key `limits.max_connections`: must be greater than 0");
+    }
+
+    #[test]
+    fn positions_inside_a_character_never_split_it() {
+        let text = "a\nké = = 1";
+        for offset in 0..=text.len() + 3 {
+            let (line, column) = line_and_column(text, offset);
+            assert!((1..=2).contains(&line) && column >= 1);
+        }
+        assert_eq!(line_and_column(text, 4), (2, 2), "inside `é`: at `é`");
     }
 
     #[test]
