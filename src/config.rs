@@ -284,6 +284,10 @@ pub struct LimitsConfig {
     pub outbound_queue_messages: usize,
     /// Bytes waiting to be written to one connection (same policy).
     pub outbound_queue_bytes: usize,
+    /// Bytes of room history (every namespace's `history_size`) this node
+    /// holds at most; above it the history of the rooms that published
+    /// least recently is trimmed first.
+    pub history_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -302,6 +306,7 @@ impl Default for LimitsConfig {
             rate_limited_close_after: 20,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1 << 20,
+            history_bytes: 64 << 20,
         }
     }
 }
@@ -422,6 +427,14 @@ pub struct NamespaceConfig {
     /// Largest `data` of one publish, in bytes (`too_large`).
     #[serde(default = "default_max_data_bytes")]
     pub max_data_bytes: usize,
+    /// Messages kept per room for recovery (`since`, `rewind`, the history
+    /// endpoint); 0 keeps none.
+    #[serde(default)]
+    pub history_size: usize,
+    /// How long a message is kept in history, in milliseconds; 0 keeps it
+    /// until `history_size` or `limits.history_bytes` trims it.
+    #[serde(default)]
+    pub history_ttl_ms: u64,
 }
 
 fn yes() -> bool {
@@ -808,6 +821,16 @@ impl Config {
             if namespace.max_data_bytes == 0 {
                 return Err(key_error(key("max_data_bytes"), "must be greater than 0"));
             }
+            if namespace.history_size > self.limits.outbound_queue_messages {
+                return Err(key_error(
+                    key("history_size"),
+                    format!(
+                        "must be at most limits.outbound_queue_messages ({}): a recovery replays up to \
+                         history_size messages into one connection's queue",
+                        self.limits.outbound_queue_messages
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -850,6 +873,8 @@ impl Config {
             publish: PublishPolicy::Members,
             max_members: None,
             max_data_bytes: default_max_data_bytes(),
+            history_size: 100,
+            history_ttl_ms: 300_000,
         }];
         config
     }

@@ -124,6 +124,7 @@ impl Node {
             Arc::clone(&sessions),
             Arc::clone(&namespaces),
             metrics.clone(),
+            config.limits.history_bytes,
         ));
         let shared = SharedTable::new(Arc::clone(&hub) as Arc<dyn crate::replicate::EffectsObserver>);
         let stop_all = CancellationToken::new();

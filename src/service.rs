@@ -13,7 +13,7 @@ mod connection;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use connection::ConnectionRooms;
+pub use connection::{ConnectionRooms, JoinOutcome};
 
 use crate::config::{Config, NamespaceConfig, NamespacePolicies, PublishPolicy};
 use crate::fanout::{Draft, Hub, Position};

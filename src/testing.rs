@@ -47,6 +47,8 @@ pub fn namespaces() -> Arc<NamespacePolicies> {
         publish: PublishPolicy::Members,
         max_members: None,
         max_data_bytes: 1024,
+        history_size: 5,
+        history_ttl_ms: 0,
     }]))
 }
 
@@ -65,8 +67,14 @@ impl CoreNode {
     pub fn new(name: &'static str, incarnation: u64) -> CoreNode {
         let sessions = Arc::new(Sessions::default());
         let metrics = crate::telemetry::Metrics::new(name);
-        let hub =
-            Arc::new(Hub::new(Arc::from(name), incarnation, Arc::clone(&sessions), namespaces(), metrics));
+        let hub = Arc::new(Hub::new(
+            Arc::from(name),
+            incarnation,
+            Arc::clone(&sessions),
+            namespaces(),
+            metrics,
+            1 << 20,
+        ));
         let shared = SharedTable::new(Arc::clone(&hub) as Arc<dyn EffectsObserver>);
         let replicator = Replicator::local(Arc::clone(&shared));
         CoreNode { name, incarnation, sessions, hub, shared, replicator, next_conn: AtomicUsize::new(1) }

@@ -10,8 +10,9 @@ use warp::Reply;
 
 use super::{error_response, ApiState};
 use crate::fanout::Draft;
+use crate::fanout::FrameEncoder;
 use crate::forward::PublishError;
-use crate::gateway::starling::wire_member_list;
+use crate::gateway::starling::{wire_member_list, StarlingEncoder};
 use crate::protocol::{CloseCode, ErrorCode, RoomName};
 use crate::service::{PublishOrigin, ServiceError};
 use crate::telemetry;
@@ -148,6 +149,103 @@ pub async fn presence(state: &ApiState, room: &str) -> Response {
         }
         Err(error) => service_error_response(&error),
     }
+}
+
+/// `GET /api/rooms/{room}`: where the room's stream stands on this node,
+/// its owner, and its members (a linearizable read) when the namespace
+/// lists them. A room with no members has epoch 0 and no owner.
+pub async fn room(state: &ApiState, room: &str) -> Response {
+    let room = match parse_room(&percent_decode(room)) {
+        Ok(room) => room,
+        Err(message) => return bad_request(&message),
+    };
+    let service = &state.gateway.service;
+    let presence = match service.namespace(&room) {
+        Ok(namespace) => namespace.presence,
+        Err(error) => return service_error_response(&error),
+    };
+    let members = match service.replicator().presence(&room).await {
+        Ok(snapshot) => snapshot.map(|s| s.members).unwrap_or_default(),
+        Err(error) => return service_error_response(&ServiceError::Unavailable(error)),
+    };
+    let hub = service.hub();
+    let (owner, position) = match (hub.owner_of(&room), hub.history(&room, None, 0)) {
+        (Some((owner, _)), Some(page)) => (Some(owner), page.position),
+        _ => (None, crate::fanout::Position { epoch: 0, offset: 0 }),
+    };
+    let mut body = serde_json::json!({
+        "room": room.as_str(),
+        "epoch": position.epoch,
+        "offset": position.offset,
+        "owner": owner.as_deref(),
+    });
+    if presence {
+        body["members"] = serde_json::json!(wire_member_list(&members));
+    }
+    warp::reply::json(&body).into_response()
+}
+
+/// `GET /api/rooms/{room}/history?since_epoch=E&since_offset=N&limit=L`:
+/// the messages this node holds after the position (all of them, or none
+/// with `recovered: false`), or without a position the most recent; at
+/// most `limit` (default and maximum: the namespace's `history_size`).
+pub fn history(state: &ApiState, room: &str, query: &std::collections::HashMap<String, String>) -> Response {
+    let room = match parse_room(&percent_decode(room)) {
+        Ok(room) => room,
+        Err(message) => return bad_request(&message),
+    };
+    let service = &state.gateway.service;
+    let history_size = match service.namespace(&room) {
+        Ok(namespace) if namespace.history_size > 0 => namespace.history_size,
+        Ok(_) => {
+            let message = format!("history is off in namespace `{}` (history_size = 0)", room.namespace());
+            return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+        }
+        Err(error) => return service_error_response(&error),
+    };
+    // The first parameter that is not a number, if any.
+    let number = |key: &'static str| -> Result<Option<u64>, &'static str> {
+        query.get(key).map(|text| text.parse::<u64>().map_err(|_| key)).transpose()
+    };
+    let (since_epoch, since_offset, limit) =
+        match (number("since_epoch"), number("since_offset"), number("limit")) {
+            (Ok(epoch), Ok(offset), Ok(limit)) => (epoch, offset, limit),
+            (Err(key), _, _) | (_, Err(key), _) | (_, _, Err(key)) => {
+                return bad_request(&format!("`{key}` must be a non-negative integer"))
+            }
+        };
+    let since = match (since_epoch, since_offset) {
+        (Some(epoch), Some(offset)) => Some(crate::fanout::Position { epoch, offset }),
+        (None, None) => None,
+        _ => return bad_request("give both `since_epoch` and `since_offset`, or neither"),
+    };
+    let limit = limit.map_or(history_size, |l| (l as usize).min(history_size));
+    let page =
+        state.gateway.service.hub().history(&room, since, limit).unwrap_or(crate::fanout::HistoryPage {
+            position: crate::fanout::Position { epoch: 0, offset: 0 },
+            recovered: since.is_none(),
+            messages: Vec::new(),
+        });
+    #[derive(serde::Serialize)]
+    struct Page {
+        epoch: u64,
+        offset: u64,
+        recovered: bool,
+        messages: Vec<Box<RawValue>>,
+    }
+    let messages = page
+        .messages
+        .iter()
+        .filter_map(|message| StarlingEncoder.message(message))
+        .filter_map(|frame| RawValue::from_string(frame.as_str().to_owned()).ok())
+        .collect();
+    let body = Page {
+        epoch: page.position.epoch,
+        offset: page.position.offset,
+        recovered: page.recovered,
+        messages,
+    };
+    warp::reply::json(&body).into_response()
 }
 
 pub fn cluster(state: &ApiState) -> Response {

@@ -75,6 +75,17 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::get())
         .and(authorized.clone())
         .then(|room: String, state: Arc<ApiState>| async move { handlers::presence(&state, &room).await });
+    let room = warp::path!("api" / "rooms" / String)
+        .and(warp::get())
+        .and(authorized.clone())
+        .then(|room: String, state: Arc<ApiState>| async move { handlers::room(&state, &room).await });
+    let history = warp::path!("api" / "rooms" / String / "history")
+        .and(warp::get())
+        .and(authorized.clone())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .map(|room: String, state: Arc<ApiState>, query: std::collections::HashMap<String, String>| {
+            handlers::history(&state, &room, &query)
+        });
     let cluster = warp::path!("api" / "cluster")
         .and(warp::get())
         .and(authorized.clone())
@@ -110,6 +121,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .or(publish)
         .unify()
         .or(presence)
+        .unify()
+        .or(room)
+        .unify()
+        .or(history)
         .unify()
         .or(cluster)
         .unify()

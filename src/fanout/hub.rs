@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+use super::history::{HistoryBudget, HistoryPolicy, Ring, RingChange};
 use super::message::{
     unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published, RoomMessage,
 };
 use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
 use crate::config::NamespacePolicies;
-use crate::protocol::{CloseCode, RoomName};
+use crate::protocol::{CloseCode, ConnId, RoomName};
 use crate::replicate::EffectsObserver;
 use crate::rooms::{Effect, LeaveReason, MemberRecord, RoomTable};
 use crate::telemetry::{self, Metrics};
@@ -72,6 +73,34 @@ struct HeldFrame {
     published_at: Instant,
 }
 
+/// What a joining connection asked to be replayed before its join reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recover {
+    /// Every message of the position's epoch after its offset, or nothing.
+    Since(Position),
+    /// The last messages held, at most this many.
+    Rewind(usize),
+}
+
+/// A join's recovery request, until the join applies here.
+#[derive(Debug)]
+struct PendingRecovery {
+    request: Recover,
+    /// Set when the join applied: whether a `since` was served.
+    recovered: Option<bool>,
+}
+
+/// A page of a room's history (the history endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Where the room stands on this node.
+    pub position: Position,
+    /// Whether `messages` are every message after the requested position
+    /// (always true without one: they are the most recent held).
+    pub recovered: bool,
+    pub messages: Vec<RoomMessage>,
+}
+
 #[derive(Debug)]
 struct LocalRoom {
     epoch: u64,
@@ -83,6 +112,27 @@ struct LocalRoom {
     /// Frames of later epochs that arrived before this node applied the
     /// owner change (bounded by `HELD_FRAMES_PER_ROOM`).
     held: Vec<HeldFrame>,
+    /// The room's recent messages (its namespace's `history_size`).
+    history: Ring,
+    policy: HistoryPolicy,
+    /// The room's place in the node-wide history order.
+    recency: Option<u64>,
+}
+
+impl LocalRoom {
+    fn new(epoch: u64, owner: Arc<str>, owner_incarnation: u64, policy: HistoryPolicy) -> LocalRoom {
+        LocalRoom {
+            epoch,
+            owner,
+            owner_incarnation,
+            last_offset: 0,
+            subscribers: Vec::new(),
+            held: Vec::new(),
+            history: Ring::default(),
+            policy,
+            recency: None,
+        }
+    }
 }
 
 pub struct Hub {
@@ -97,6 +147,10 @@ pub struct Hub {
     /// Deliveries dropped because their sender was not the room's owner
     /// incarnation for their epoch (`starling_peer_rejected_total`).
     refused_deliveries: AtomicU64,
+    /// `limits.history_bytes` and the rooms in the order to trim them.
+    budget: HistoryBudget,
+    /// Recovery requests of joins under way, by connection and room.
+    recoveries: Mutex<HashMap<(ConnId, RoomName), PendingRecovery>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +164,7 @@ impl Hub {
         sessions: Arc<Sessions>,
         namespaces: Arc<NamespacePolicies>,
         metrics: Metrics,
+        history_bytes: usize,
     ) -> Hub {
         Hub {
             node,
@@ -120,7 +175,20 @@ impl Hub {
             metrics,
             remote: OnceLock::new(),
             refused_deliveries: AtomicU64::new(0),
+            budget: HistoryBudget::new(history_bytes),
+            recoveries: Mutex::default(),
         }
+    }
+
+    fn history_policy(&self, room: &RoomName) -> HistoryPolicy {
+        self.namespaces
+            .get(room.namespace())
+            .map_or_else(HistoryPolicy::default, |n| HistoryPolicy::new(n.history_size, n.history_ttl_ms))
+    }
+
+    /// Bytes of history held on this node.
+    pub fn history_bytes(&self) -> usize {
+        self.budget.held()
     }
 
     /// Deliveries refused so far (see [`Hub::deliver`]).
@@ -155,8 +223,127 @@ impl Hub {
             self.fan_out_event(&local.subscribers, room, member, MemberEvent::Joined);
         }
         if let Some(entry) = local_entry {
+            let request = lock(&self.recoveries).get(&(member.conn, room.clone())).map(|p| p.request);
+            if let Some(request) = request {
+                let recovered = self.replay(&mut local, &entry, request);
+                if let Some(pending) = lock(&self.recoveries).get_mut(&(member.conn, room.clone())) {
+                    pending.recovered = Some(recovered);
+                }
+            }
             local.subscribers.push(entry);
         }
+    }
+
+    /// Queues the messages `request` asks for to a joining member, before
+    /// any live message (the member is not a subscriber yet, and the room
+    /// is locked). Returns whether a `since` was served.
+    fn replay(&self, local: &mut LocalRoom, entry: &SessionEntry, request: Recover) -> bool {
+        let change = local.history.expire(Instant::now(), &local.policy);
+        self.account(&change);
+        let (recovered, messages): (bool, Vec<&RoomMessage>) = match request {
+            Recover::Since(since) => {
+                match local.history.since(local.epoch, local.last_offset, since.epoch, since.offset) {
+                    Some(messages) => (true, messages.collect()),
+                    None => (false, Vec::new()),
+                }
+            }
+            Recover::Rewind(count) => (false, local.history.last(count.min(local.policy.size)).collect()),
+        };
+        for message in messages {
+            let Some(text) = entry.encoder.message(message) else { continue };
+            match entry.outbound.push(OutFrame { text, published: None }) {
+                Ok(()) => {}
+                Err(PushError::Overflow) => {
+                    self.metrics.drops_slow_consumer.increment(1);
+                    break;
+                }
+                Err(PushError::Closing) => break,
+            }
+        }
+        recovered
+    }
+
+    /// Records that a join of `conn` to `room`, about to be proposed, asks
+    /// for `request` to be replayed before its reply. Take the outcome with
+    /// [`Hub::join_recovered`] once the join returned (applied or not).
+    pub fn expect_join(&self, conn: ConnId, room: &RoomName, request: Recover) {
+        lock(&self.recoveries).insert((conn, room.clone()), PendingRecovery { request, recovered: None });
+    }
+
+    /// Whether the join of `conn` to `room` announced with
+    /// [`Hub::expect_join`] was served its `since`. False when nothing was
+    /// announced, the join did not apply as a new member here, or the
+    /// position could not be served.
+    pub fn join_recovered(&self, conn: ConnId, room: &RoomName) -> bool {
+        lock(&self.recoveries)
+            .remove(&(conn, room.clone()))
+            .and_then(|pending| pending.recovered)
+            .unwrap_or(false)
+    }
+
+    /// Keeps a sequenced or delivered message in the room's history.
+    fn keep(&self, room: &RoomName, local: &mut LocalRoom, message: &RoomMessage) {
+        if !local.policy.enabled() {
+            return;
+        }
+        let change = local.history.push(message, Instant::now(), &local.policy);
+        self.account(&change);
+        local.recency = Some(self.budget.touch(room, local.recency));
+    }
+
+    /// Drops a room's history (a new epoch, or the room closed).
+    fn drop_history(&self, local: &mut LocalRoom) {
+        if local.history.is_empty() && local.recency.is_none() {
+            return;
+        }
+        let freed = local.history.clear();
+        self.account(&RingChange { freed_bytes: freed, ..RingChange::default() });
+        self.budget.forget(local.recency.take());
+    }
+
+    fn account(&self, change: &RingChange) {
+        if *change == RingChange::default() {
+            return;
+        }
+        self.budget.apply(change);
+        self.metrics.history_trimmed_size.increment(change.trimmed_size);
+        self.metrics.history_trimmed_ttl.increment(change.trimmed_ttl);
+        self.metrics.history_bytes.set(self.budget.held() as f64);
+    }
+
+    /// Trims the history of the rooms that gained history least recently
+    /// until the node holds at most `limits.history_bytes`. Called with no
+    /// room locked.
+    fn enforce_history_budget(&self) {
+        while self.budget.over() {
+            let Some(name) = self.budget.take_oldest() else { return };
+            let Some(local) = self.room(&name) else { continue };
+            let mut local = lock(&local);
+            let dropped = local.history.len() as u64;
+            self.drop_history(&mut local);
+            self.metrics.history_trimmed_bytes.increment(dropped);
+        }
+    }
+
+    /// The messages of `room` held here: those after `since` (when every
+    /// one of them is held), or else the most recent; at most `limit`.
+    pub fn history(&self, room: &RoomName, since: Option<Position>, limit: usize) -> Option<HistoryPage> {
+        let local = self.room(room)?;
+        let mut guard = lock(&local);
+        let local = &mut *guard;
+        let change = local.history.expire(Instant::now(), &local.policy);
+        self.account(&change);
+        let position = Position { epoch: local.epoch, offset: local.last_offset };
+        let (recovered, messages) = match since {
+            Some(since) => {
+                match local.history.since(local.epoch, local.last_offset, since.epoch, since.offset) {
+                    Some(messages) => (true, messages.take(limit).cloned().collect()),
+                    None => (false, Vec::new()),
+                }
+            }
+            None => (true, local.history.last(limit).cloned().collect()),
+        };
+        Some(HistoryPage { position, recovered, messages })
     }
 
     fn on_left(&self, room: &RoomName, member: &MemberRecord, reason: LeaveReason) {
@@ -199,6 +386,7 @@ impl Hub {
         local.last_offset = offset;
         let position = Position { epoch: local.epoch, offset };
         let message = RoomMessage::new(room.clone(), position, draft, unix_micros(published.at));
+        self.keep(room, &mut local, &message);
         {
             let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
             self.fan_out_message(&local.subscribers, &message, published);
@@ -207,6 +395,8 @@ impl Hub {
             // Under the room lock: messages leave in offset order.
             remote.deliver(&message);
         }
+        drop(local);
+        self.enforce_history_budget();
         self.metrics.publishes.increment(1);
         Ok(position)
     }
@@ -248,6 +438,8 @@ impl Hub {
             return Err(self.refuse_delivery());
         }
         self.deliver_in_epoch(&mut local, &message, published_at);
+        drop(local);
+        self.enforce_history_budget();
         Ok(())
     }
 
@@ -262,6 +454,7 @@ impl Hub {
             return;
         }
         local.last_offset = message.position.offset;
+        self.keep(&message.room, local, message);
         let _fanout = telemetry::fanout_span(&message.room, local.subscribers.len()).entered();
         let published = Published { at: published_at, cross_node: true };
         self.fan_out_message(&local.subscribers, message, published);
@@ -355,14 +548,8 @@ impl EffectsObserver for Hub {
         for effect in effects {
             match effect {
                 Effect::RoomOpened { room, epoch, owner, owner_incarnation } => {
-                    let local = LocalRoom {
-                        epoch: *epoch,
-                        owner: owner.clone(),
-                        owner_incarnation: *owner_incarnation,
-                        last_offset: 0,
-                        subscribers: Vec::new(),
-                        held: Vec::new(),
-                    };
+                    let policy = self.history_policy(room);
+                    let local = LocalRoom::new(*epoch, owner.clone(), *owner_incarnation, policy);
                     self.rooms
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
@@ -378,13 +565,17 @@ impl EffectsObserver for Hub {
                         if local.epoch < *epoch {
                             local.epoch = *epoch;
                             local.last_offset = 0;
+                            self.drop_history(&mut local);
                         }
                         // Deliveries from the new owner may have arrived first.
                         self.release_held(&mut local);
                     }
                 }
                 Effect::RoomClosed { room } => {
-                    self.rooms.write().unwrap_or_else(|p| p.into_inner()).remove(room);
+                    let closed = self.rooms.write().unwrap_or_else(|p| p.into_inner()).remove(room);
+                    if let Some(closed) = closed {
+                        self.drop_history(&mut lock(&closed));
+                    }
                 }
                 Effect::AlreadyJoined { .. } | Effect::Rejected { .. } | Effect::NotMember { .. } => {}
             }
@@ -399,26 +590,32 @@ impl EffectsObserver for Hub {
         let mut rebuilt = HashMap::new();
         for name in table.room_names() {
             let Some(snapshot) = table.snapshot(&name) else { continue };
-            let last_offset = rooms
-                .get(&name)
-                .map(|r| lock(r))
-                .filter(|r| r.epoch == snapshot.epoch)
-                .map_or(0, |r| r.last_offset);
-            let subscribers = snapshot
+            let mut local = LocalRoom::new(
+                snapshot.epoch,
+                snapshot.owner.clone(),
+                snapshot.owner_incarnation,
+                self.history_policy(&name),
+            );
+            // A room whose epoch did not change keeps its place and history.
+            if let Some(previous) = rooms.remove(&name) {
+                let mut previous = lock(&previous);
+                if previous.epoch == snapshot.epoch {
+                    local.last_offset = previous.last_offset;
+                    local.history = std::mem::take(&mut previous.history);
+                    local.recency = previous.recency.take();
+                }
+            }
+            local.subscribers = snapshot
                 .members
                 .iter()
                 .filter(|m| self.is_local(m))
                 .filter_map(|m| self.sessions.get(m.conn))
                 .collect();
-            let local = LocalRoom {
-                epoch: snapshot.epoch,
-                owner: snapshot.owner.clone(),
-                owner_incarnation: snapshot.owner_incarnation,
-                last_offset,
-                subscribers,
-                held: Vec::new(),
-            };
             rebuilt.insert(name, Arc::new(Mutex::new(local)));
+        }
+        // Rooms gone from the table take their history with them.
+        for (_, gone) in rooms.drain() {
+            self.drop_history(&mut lock(&gone));
         }
         *rooms = rebuilt;
     }

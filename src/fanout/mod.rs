@@ -6,12 +6,14 @@
 //! each session brings the [`FrameEncoder`] of its protocol. Nothing here
 //! changes membership either: the hub mirrors what `replicate` applied.
 
+mod history;
 mod hub;
 mod message;
 mod outbound;
 mod sessions;
 
-pub use hub::{DeliveryRefused, FrameSender, Hub, RemoteFanout, SequenceError};
+pub use history::HistoryPolicy;
+pub use hub::{DeliveryRefused, FrameSender, HistoryPage, Hub, Recover, RemoteFanout, SequenceError};
 pub use message::{
     instant_from_unix_micros, unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published,
     Publisher, RoomMessage,

@@ -24,6 +24,10 @@ pub enum Request {
         room: RoomName,
         /// A JSON object, as sent (validated to be an object).
         meta: Option<Box<RawValue>>,
+        /// Replay every message after this position before the reply (v1.1).
+        since: Option<Since>,
+        /// Replay the last this many messages before the reply (v1.1).
+        rewind: Option<u32>,
     },
     Leave {
         room: RoomName,
@@ -39,6 +43,14 @@ pub enum Request {
         room: RoomName,
     },
     Pong,
+}
+
+/// A position in a room's stream a joining client has seen up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: u64,
+    pub offset: u64,
 }
 
 /// A frame that could not be turned into a request. `id` is set when the
@@ -58,6 +70,8 @@ struct RawFrame {
     meta: Option<Box<RawValue>>,
     data: Option<Box<RawValue>>,
     traceparent: Option<String>,
+    since: Option<Box<RawValue>>,
+    rewind: Option<Box<RawValue>>,
 }
 
 /// Parses one text frame.
@@ -83,7 +97,20 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
                 Some(meta) if meta.get().starts_with('{') => Some(meta),
                 Some(_) => return Err(fail("`meta` must be a JSON object".into())),
             };
-            Request::Join { room: room()?, meta }
+            let since = match raw.since.as_deref().map(RawValue::get) {
+                None | Some("null") => None,
+                Some(text) => Some(serde_json::from_str::<Since>(text).map_err(|_| {
+                    fail("`since` must be {\"epoch\":N,\"offset\":N} with non-negative integers".into())
+                })?),
+            };
+            let rewind = match raw.rewind.as_deref().map(RawValue::get) {
+                None | Some("null") => None,
+                Some(text) => Some(
+                    serde_json::from_str::<u32>(text)
+                        .map_err(|_| fail("`rewind` must be a non-negative integer".into()))?,
+                ),
+            };
+            Request::Join { room: room()?, meta, since, rewind }
         }
         "leave" => Request::Leave { room: room()? },
         "publish" => {
@@ -139,9 +166,10 @@ mod tests {
         let join = parse_request(r#"{"type":"join","id":1,"room":"chat:lobby","meta":{"a":1}}"#).unwrap();
         assert_eq!(join.id, Some(1));
         match join.request {
-            Request::Join { room, meta } => {
+            Request::Join { room, meta, since, rewind } => {
                 assert_eq!(room.as_str(), "chat:lobby");
                 assert_eq!(meta.unwrap().get(), r#"{"a":1}"#);
+                assert_eq!((since, rewind), (None, None));
             }
             other => panic!("{other:?}"),
         }
@@ -160,6 +188,32 @@ mod tests {
             Request::Presence { .. }
         ));
         assert!(matches!(parse_request(r#"{"type":"pong"}"#).unwrap().request, Request::Pong));
+    }
+
+    #[test]
+    fn a_join_may_ask_for_recovery_since_a_position_or_a_rewind() {
+        let join = parse_request(
+            r#"{"type":"join","id":1,"room":"chat:x","since":{"epoch":7,"offset":41},"rewind":5}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            join.request,
+            Request::Join { since: Some(Since { epoch: 7, offset: 41 }), rewind: Some(5), .. }
+        ));
+        for bad in [
+            r#"{"type":"join","id":4,"room":"chat:x","since":{"epoch":7}}"#,
+            r#"{"type":"join","id":4,"room":"chat:x","since":{"epoch":-1,"offset":0}}"#,
+            r#"{"type":"join","id":4,"room":"chat:x","since":"7:41"}"#,
+        ] {
+            let error = parse_err(bad);
+            assert_eq!(error.id, Some(4));
+            assert!(error.message.starts_with("`since` must be"), "{}", error.message);
+        }
+        let error = parse_err(r#"{"type":"join","id":5,"room":"chat:x","rewind":1.5}"#);
+        assert_eq!(
+            error,
+            RequestError { id: Some(5), message: "`rewind` must be a non-negative integer".into() }
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod outbound;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use ids::{is_namespace_name, ConnId, NamespaceName, RoomName, RoomNameError};
-pub use inbound::{parse_request, Envelope, Request, RequestError};
+pub use inbound::{parse_request, Envelope, Request, RequestError, Since};
 pub use outbound::{
     encode_error_reply, encode_event_joined, encode_event_left, encode_message, encode_ok_reply, encode_ping,
     encode_welcome, ErrorBody, Member, MessageFrom, Welcome,

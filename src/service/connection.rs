@@ -10,9 +10,19 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{PublishOrigin, RoomService, ServiceError};
-use crate::fanout::{Draft, Position, Publisher};
+use crate::fanout::{Draft, Position, Publisher, Recover};
 use crate::protocol::{ConnId, RoomName};
 use crate::rooms::RoomCommand;
+
+/// What a join did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The room's epoch as the join applied.
+    pub epoch: u64,
+    /// Whether the `since` position asked for was served (every message
+    /// after it was queued before any live one).
+    pub recovered: bool,
+}
 
 /// The rooms of one connection.
 pub struct ConnectionRooms {
@@ -50,13 +60,23 @@ impl ConnectionRooms {
         self.rooms.contains(room)
     }
 
-    /// Joins `room` with `meta` (JSON object text) and returns its epoch;
-    /// the member is in presence on every node once this returns. The
-    /// caller sends its reply from [`RoomService::join_point`].
-    pub async fn join(&mut self, room: &RoomName, meta: String) -> Result<u64, ServiceError> {
+    /// Joins `room` with `meta` (JSON object text); the member is in
+    /// presence on every node once this returns. With `recover`, the
+    /// messages it asks for are queued to the connection before any live
+    /// message of the room. The caller sends its reply from
+    /// [`RoomService::join_point`].
+    pub async fn join(
+        &mut self,
+        room: &RoomName,
+        meta: String,
+        recover: Option<Recover>,
+    ) -> Result<JoinOutcome, ServiceError> {
         let service = &self.service;
         let max_members = service.check_join(room, &meta, self.rooms.len(), self.rooms.contains(room))?;
         self.proposed_join = true;
+        if let Some(request) = recover {
+            service.hub.expect_join(self.conn, room, request);
+        }
         let (service, room_name, user, conn) =
             (Arc::clone(service), room.clone(), Arc::clone(&self.user), self.conn);
         let task =
@@ -65,6 +85,7 @@ impl ConnectionRooms {
             );
         let proposed = self.pending_join.insert(task).await;
         self.pending_join = None;
+        let recovered = recover.is_some() && self.service.hub.join_recovered(self.conn, room);
         let epoch = proposed.unwrap_or_else(|_| {
             Err(ServiceError::Unavailable(crate::replicate::ReplicateError::Unavailable(
                 "join task failed".into(),
@@ -72,7 +93,7 @@ impl ConnectionRooms {
         })?;
         self.rooms.insert(room.clone());
         self.service.metrics.joins.increment(1);
-        Ok(epoch)
+        Ok(JoinOutcome { epoch, recovered })
     }
 
     /// Leaves `room`; the member is gone from presence on every node once

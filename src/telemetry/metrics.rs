@@ -56,6 +56,13 @@ pub struct Metrics {
     /// elsewhere); across machines it includes their clock skew.
     pub delivery_latency_cross: Histogram,
     pub rooms: Gauge,
+    /// Bytes of room history held on this node.
+    pub history_bytes: Gauge,
+    /// Messages dropped from history: the room's `history_size` was reached,
+    /// `history_ttl_ms` passed, `limits.history_bytes` was reached.
+    pub history_trimmed_size: Counter,
+    pub history_trimmed_ttl: Counter,
+    pub history_trimmed_bytes: Counter,
     errors: Vec<(ErrorCode, Counter)>,
     node: String,
 }
@@ -93,6 +100,16 @@ impl Metrics {
                 "starling_delivery_latency_seconds", "node" => node.clone(), "path" => "cross_node"
             ),
             rooms: gauge!("starling_rooms", "node" => node.clone()),
+            history_bytes: gauge!("starling_history_bytes", "node" => node.clone()),
+            history_trimmed_size: counter!(
+                "starling_history_trimmed_total", "node" => node.clone(), "reason" => "size"
+            ),
+            history_trimmed_ttl: counter!(
+                "starling_history_trimmed_total", "node" => node.clone(), "reason" => "ttl"
+            ),
+            history_trimmed_bytes: counter!(
+                "starling_history_trimmed_total", "node" => node.clone(), "reason" => "bytes"
+            ),
             errors,
             node,
         }

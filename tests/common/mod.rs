@@ -35,11 +35,14 @@ fn namespace(name: &str) -> NamespaceConfig {
         publish: PublishPolicy::Members,
         max_members: None,
         max_data_bytes: 1024,
+        history_size: 100,
+        history_ttl_ms: 0,
     }
 }
 
 /// A config for tests: loopback, port 0, known secrets, and namespaces
-/// covering every policy: `chat` (defaults), `news` (server publishes only),
+/// covering every policy: `chat` (defaults, history of 100 messages), `news`
+/// (server publishes only, no history),
 /// `quiet` (no presence, no events), `small` (two members at most).
 pub fn test_config() -> Config {
     let mut config = Config::default();
@@ -54,6 +57,7 @@ pub fn test_config() -> Config {
     config.shutdown.deadline_ms = 5_000;
     let mut news = namespace("news");
     news.publish = PublishPolicy::Server;
+    news.history_size = 0;
     let mut quiet = namespace("quiet");
     quiet.presence = false;
     quiet.join_leave_events = false;

@@ -155,6 +155,27 @@ pub struct JoinResult {
     pub epoch: u64,
     pub offset: u64,
     pub members: Option<Vec<Member>>,
+    /// Present when the join asked for `since` (wire contract v1.1): whether
+    /// every message after that position was delivered before this reply.
+    #[serde(default)]
+    pub recovered: Option<bool>,
+}
+
+/// A place in a room's stream: the last message seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// What a join asks for besides membership.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JoinOptions {
+    pub meta: Option<Value>,
+    /// Replay every message after this position before the reply.
+    pub since: Option<StreamPosition>,
+    /// Replay the last this many messages before the reply.
+    pub rewind: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -313,9 +334,21 @@ impl Client {
     }
 
     pub async fn join(&self, room: &str, meta: Option<Value>) -> Result<JoinResult, ClientError> {
+        self.join_with(room, JoinOptions { meta, ..JoinOptions::default() }).await
+    }
+
+    /// Joins with recovery: messages asked for by `since` or `rewind`
+    /// arrive as events before this returns.
+    pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<JoinResult, ClientError> {
         let mut frame = json!({"type": "join", "room": room});
-        if let Some(meta) = meta {
+        if let Some(meta) = options.meta {
             frame["meta"] = meta;
+        }
+        if let Some(since) = options.since {
+            frame["since"] = json!(since);
+        }
+        if let Some(rewind) = options.rewind {
+            frame["rewind"] = json!(rewind);
         }
         parse(self.request(frame).await?)
     }

@@ -78,6 +78,7 @@ pub fn encode_join_reply(
     room: &RoomName,
     position: Position,
     members: Option<&[Arc<MemberRecord>]>,
+    recovered: Option<bool>,
 ) -> String {
     #[derive(Serialize)]
     struct JoinResult<'a> {
@@ -86,12 +87,15 @@ pub fn encode_join_reply(
         offset: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         members: Option<Vec<protocol::Member<'a>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     }
     let result = JoinResult {
         room,
         epoch: position.epoch,
         offset: position.offset,
         members: members.map(wire_member_list),
+        recovered,
     };
     protocol::encode_ok_reply(id, &result)
 }

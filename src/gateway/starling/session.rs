@@ -22,7 +22,7 @@ use tracing::{debug, info_span, Instrument};
 use super::encode::{encode_join_reply, encode_presence_reply, encode_publish_reply};
 use super::errors::{error_body, ErrorContext};
 use crate::auth::Claims;
-use crate::fanout::{FrameEncoder, OutFrame, Outbound, SessionEntry};
+use crate::fanout::{FrameEncoder, OutFrame, Outbound, Position, Recover, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
 use crate::gateway::{deadline_after, Gateway, Registration};
@@ -282,9 +282,16 @@ impl Session {
             RateDecision::Allowed => {}
         }
         let result = match envelope.request {
-            Request::Join { room, meta } => {
+            Request::Join { room, meta, since, rewind } => {
                 let span = telemetry::join_span(&room, self.entry.conn);
-                self.join(id, room, meta.as_deref()).instrument(span).await
+                let recover = match (since, rewind) {
+                    (Some(since), _) => {
+                        Some(Recover::Since(Position { epoch: since.epoch, offset: since.offset }))
+                    }
+                    (None, Some(count)) => Some(Recover::Rewind(count as usize)),
+                    (None, None) => None,
+                };
+                self.join(id, room, meta.as_deref(), recover).instrument(span).await
             }
             Request::Leave { room } => self.leave(id, &room).await,
             Request::Publish { room, data, traceparent } => {
@@ -305,6 +312,7 @@ impl Session {
         id: Option<u64>,
         room: RoomName,
         meta: Option<&RawValue>,
+        recover: Option<Recover>,
     ) -> Result<(), ErrorBody> {
         let service = Arc::clone(self.rooms.service());
         let presence = service.namespace(&room).map_err(|e| error_body(e, ErrorContext::Join))?.presence;
@@ -312,15 +320,18 @@ impl Session {
             return Err(ErrorBody::new(ErrorCode::Forbidden, "token does not allow this room"));
         }
         let meta = merged_meta(meta, self.claims.meta.as_ref());
-        let epoch = self.rooms.join(&room, meta).await.map_err(|e| error_body(e, ErrorContext::Join))?;
+        let joined =
+            self.rooms.join(&room, meta, recover).await.map_err(|e| error_body(e, ErrorContext::Join))?;
         let Some(id) = id else {
             return Ok(());
         };
         // At the join point: every `joined`/`left` event and message queued
         // before the reply is in it, every later one comes after it.
-        service.join_point(&room, epoch, |snapshot, position| {
+        // `recovered` is in the reply only when the join asked for `since`.
+        let recovered = matches!(recover, Some(Recover::Since(_))).then_some(joined.recovered);
+        service.join_point(&room, joined.epoch, |snapshot, position| {
             let members = presence.then(|| snapshot.map(|s| s.members).unwrap_or_default());
-            self.send(encode_join_reply(id, &room, position, members.as_deref()));
+            self.send(encode_join_reply(id, &room, position, members.as_deref(), recovered));
         });
         Ok(())
     }

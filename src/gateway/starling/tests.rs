@@ -61,6 +61,7 @@ fn gateway() -> Arc<Gateway> {
         Arc::clone(&sessions),
         Arc::clone(&namespaces),
         metrics.clone(),
+        config.limits.history_bytes,
     ));
     let shared = SharedTable::new(Arc::clone(&hub) as Arc<dyn EffectsObserver>);
     let replicator = Arc::new(Replicator::local(shared));
