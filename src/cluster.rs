@@ -125,11 +125,12 @@ impl ClusterRuntime {
                 .await
                 .context("starting raft")?;
         let links = PeerLinks::new(name, peer_transport, Arc::clone(&group) as _, Arc::clone(shared));
-        hub.set_remote(links.clone());
+        links.attach(hub);
         let app = Arc::new(AppHandler {
             hub: Arc::clone(hub),
             shared: Arc::clone(shared),
             group: Arc::clone(&group) as _,
+            links: Arc::clone(&links),
         });
         // Not tracked: it ends with `transport.shutdown()`, the last step.
         tokio::spawn(Arc::clone(&transport).serve(peer_listener, group.handler(app)));

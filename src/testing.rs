@@ -38,18 +38,31 @@ pub fn room(name: &str) -> RoomName {
     RoomName::parse(name).unwrap()
 }
 
-/// A namespace `chat` with presence and join/leave events on.
+/// Namespaces `chat` (history of 5 messages) and `plain` (no history),
+/// both with presence and join/leave events on.
 pub fn namespaces() -> Arc<NamespacePolicies> {
-    Arc::new(NamespacePolicies::new(&[NamespaceConfig {
-        name: "chat".into(),
-        presence: true,
-        join_leave_events: true,
-        publish: PublishPolicy::Members,
-        max_members: None,
-        max_data_bytes: 1024,
-        history_size: 5,
-        history_ttl_ms: 0,
-    }]))
+    Arc::new(NamespacePolicies::new(&[
+        NamespaceConfig {
+            name: "chat".into(),
+            presence: true,
+            join_leave_events: true,
+            publish: PublishPolicy::Members,
+            max_members: None,
+            max_data_bytes: 1024,
+            history_size: 5,
+            history_ttl_ms: 0,
+        },
+        NamespaceConfig {
+            name: "plain".into(),
+            presence: true,
+            join_leave_events: true,
+            publish: PublishPolicy::Members,
+            max_members: None,
+            max_data_bytes: 1024,
+            history_size: 0,
+            history_ttl_ms: 0,
+        },
+    ]))
 }
 
 /// One node's core: its hub over a local room table.

@@ -13,7 +13,10 @@ mod outbound;
 mod sessions;
 
 pub use history::HistoryPolicy;
-pub use hub::{DeliveryRefused, FrameSender, HistoryPage, Hub, Recover, RemoteFanout, SequenceError};
+pub use hub::{
+    DeliveryRefused, FrameSender, HistoryPage, Hub, NotReplicated, Recover, RemoteFanout, RoomState,
+    SequenceError, Sequenced, TakeoverOutcome,
+};
 pub use message::{
     instant_from_unix_micros, unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published,
     Publisher, RoomMessage,

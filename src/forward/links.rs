@@ -3,7 +3,7 @@
 //! other node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use starling_cluster::codec;
@@ -14,14 +14,15 @@ use tracing::debug;
 
 use super::wire::{wrap, AppAnswer, AppMessageOut};
 use super::PublishError;
-use crate::fanout::{unix_micros, Draft, Position, RemoteFanout, RoomMessage};
+use crate::fanout::{unix_micros, Draft, Hub, Position, RemoteFanout, RoomMessage};
 use crate::protocol::RoomName;
 use crate::replicate::SharedTable;
 use crate::telemetry;
 
 /// How long a forwarded publish may take.
-/// Longer than the owner's catch-up wait (`replicate::CATCH_UP_TIMEOUT`).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longer than the owner's catch-up wait (`replicate::CATCH_UP_TIMEOUT`, 3 s)
+/// plus its wait for another node to hold the message (`REPLICATION_TIMEOUT`).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Who the nodes of the cluster are: the replicated Raft membership.
 pub trait NodeDirectory: Send + Sync + 'static {
@@ -75,7 +76,12 @@ pub struct PeerLinks {
     gossip_addrs: RwLock<HashMap<String, String>>,
     /// Gossip datagrams refused (set once gossip starts), for metrics.
     gossip_stats: std::sync::OnceLock<Arc<GossipStats>>,
-    shared: Arc<SharedTable>,
+    pub(super) shared: Arc<SharedTable>,
+    /// This node's hub, for takeovers (set once at start; weak: the hub
+    /// holds these links).
+    pub(super) hub: std::sync::OnceLock<Weak<Hub>>,
+    /// These links, to start takeover tasks from `&self`.
+    pub(super) this: Weak<PeerLinks>,
 }
 
 impl PeerLinks {
@@ -85,18 +91,27 @@ impl PeerLinks {
         group: Arc<dyn NodeDirectory>,
         shared: Arc<SharedTable>,
     ) -> Arc<PeerLinks> {
-        Arc::new(PeerLinks {
+        Arc::new_cyclic(|this| PeerLinks {
             me: me.into(),
             transport,
             group,
             gossip_addrs: RwLock::default(),
             gossip_stats: std::sync::OnceLock::new(),
             shared,
+            hub: std::sync::OnceLock::new(),
+            this: this.clone(),
         })
     }
 
+    /// Connects the links and the hub both ways (once, at start): the hub
+    /// sends through the links, takeovers settle rooms in the hub.
+    pub fn attach(self: &Arc<Self>, hub: &Arc<Hub>) {
+        let _ = self.hub.set(Arc::downgrade(hub));
+        hub.set_remote(Arc::clone(self) as Arc<dyn RemoteFanout>);
+    }
+
     /// Every other node of the group, with the address to reach it.
-    fn directory(&self) -> BTreeMap<String, String> {
+    pub(super) fn directory(&self) -> BTreeMap<String, String> {
         let mut nodes: BTreeMap<String, String> = self.group.nodes().into_iter().collect();
         let gossip = self.gossip_addrs.read().unwrap_or_else(|p| p.into_inner());
         for (name, addr) in gossip.iter() {
@@ -186,6 +201,30 @@ impl PeerLinks {
         self.directory().remove(name)
     }
 
+    /// Tells `owner` that this node holds `position` of `room`.
+    pub(super) fn acknowledge(&self, owner: &str, room: &RoomName, position: Position) {
+        let Some(addr) = self.peer_addr(owner) else { return };
+        let Ok(body) = wrap(&AppMessageOut::Held { room, position }) else { return };
+        if let Err(error) = self.transport.send(&addr, body, None) {
+            debug!(peer = %owner, %error, "acknowledgement to the room owner dropped");
+        }
+    }
+
+    /// Sends `message` to the peer at `addr` and decodes its application answer.
+    pub(super) async fn ask(
+        &self,
+        addr: &str,
+        message: &AppMessageOut<'_>,
+        timeout: Duration,
+    ) -> Result<AppAnswer, String> {
+        let body = wrap(message).map_err(|e| e.to_string())?;
+        let answer = self.transport.request(addr, body, None, timeout).await.map_err(|e| e.to_string())?;
+        let PeerAnswer::App(bytes) = codec::decode::<PeerAnswer>(&answer).map_err(|e| e.to_string())? else {
+            return Err("not an application answer".into());
+        };
+        codec::decode::<AppAnswer>(&bytes).map_err(|e| e.to_string())
+    }
+
     pub(super) async fn forward_publish(
         &self,
         owner: &str,
@@ -217,21 +256,33 @@ impl PeerLinks {
         let PeerAnswer::App(bytes) = codec::decode::<PeerAnswer>(&answer).map_err(bad_answer)? else {
             return Err(PublishError::Refused("bad answer from the room owner".into()));
         };
-        let AppAnswer::Published(result) = codec::decode::<AppAnswer>(&bytes).map_err(bad_answer)?;
-        result.map_err(PublishError::from)
+        match codec::decode::<AppAnswer>(&bytes).map_err(bad_answer)? {
+            AppAnswer::Published(result) => result.map_err(PublishError::from),
+            _ => Err(PublishError::Refused("bad answer from the room owner".into())),
+        }
     }
 }
 
 impl RemoteFanout for PeerLinks {
-    fn deliver(&self, message: &RoomMessage) {
-        let Ok(body) = wrap(&AppMessageOut::Deliver(message)) else { return };
+    fn deliver(&self, message: &RoomMessage) -> usize {
+        let Ok(body) = wrap(&AppMessageOut::Deliver(message)) else { return 0 };
         let trace = telemetry::current_traceparent();
         // One copy per node; every node gets every message of the room, in
         // order (one link per peer), and keeps what its members need.
-        for (name, addr) in self.directory() {
-            if let Err(error) = self.transport.send(&addr, body.clone(), trace.clone()) {
+        let directory = self.directory();
+        for (name, addr) in &directory {
+            if let Err(error) = self.transport.send(addr, body.clone(), trace.clone()) {
                 debug!(peer = %name, %error, "delivery to peer dropped");
             }
         }
+        directory.len()
+    }
+
+    fn take_over(&self, room: &RoomName) {
+        let (Some(links), Some(hub)) = (self.this.upgrade(), self.hub.get().and_then(Weak::upgrade)) else {
+            return;
+        };
+        let room = room.clone();
+        tokio::spawn(async move { links.settle_takeover(&hub, room).await });
     }
 }

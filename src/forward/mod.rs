@@ -10,6 +10,7 @@
 
 mod handler;
 mod links;
+mod takeover;
 mod wire;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub use handler::AppHandler;
 pub use links::{NodeDirectory, PeerLinks};
 pub use wire::OwnerRefusal;
 
-use crate::fanout::{Draft, Hub, Position, Published, SequenceError};
+use crate::fanout::{Draft, Hub, Position, Published, SequenceError, Sequenced};
 use crate::protocol::RoomName;
 use crate::telemetry;
 
@@ -49,6 +50,14 @@ pub enum PublishError {
     /// The room's epoch used up its offsets (2^64 messages; never in practice).
     #[error("room offsets exhausted")]
     OffsetsExhausted,
+    /// The message was sequenced but no other node confirmed holding it in
+    /// time (a publish is acknowledged only once another node holds it):
+    /// it may have been delivered.
+    #[error("no other node confirmed holding the message in time; it may have been delivered")]
+    NotReplicated,
+    /// The room's new owner is still settling where the room stands.
+    #[error("the room's new owner is taking it over")]
+    TakingOver,
     /// The owner does not take publishes from this node (not a member of
     /// the group, or not its own connection's publish). Not retryable.
     #[error("the room owner does not accept publishes from this node")]
@@ -77,6 +86,8 @@ impl PublishError {
             PublishError::TimedOut => "timed_out",
             PublishError::OwnerBehind => "owner_behind",
             PublishError::OffsetsExhausted => "offsets_exhausted",
+            PublishError::NotReplicated => "not_replicated",
+            PublishError::TakingOver => "taking_over",
             PublishError::NotAuthorized => "not_authorized",
             PublishError::Refused(_) => "refused",
         }
@@ -91,8 +102,19 @@ impl From<OwnerRefusal> for PublishError {
             OwnerRefusal::Behind => PublishError::OwnerBehind,
             OwnerRefusal::OffsetsExhausted => PublishError::OffsetsExhausted,
             OwnerRefusal::NotAuthorized => PublishError::NotAuthorized,
+            OwnerRefusal::NotReplicated => PublishError::NotReplicated,
+            OwnerRefusal::TakingOver => PublishError::TakingOver,
         }
     }
+}
+
+/// How long the owner waits for another node to confirm holding a message
+/// before it answers the publish.
+pub(crate) const REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until another node holds a sequenced message (G8).
+async fn replicated(sequenced: Sequenced) -> Result<Position, PublishError> {
+    sequenced.replicated(REPLICATION_TIMEOUT).await.map_err(|_| PublishError::NotReplicated)
 }
 
 /// Sequences or forwards publishes.
@@ -118,17 +140,16 @@ impl Router {
         draft: Draft,
         published_at: Instant,
     ) -> Result<Position, PublishError> {
-        let sequenced = {
-            // Named `sequence` only where it is: on the owner.
-            let owner_here = telemetry::exporting() && self.hub.owns(room);
-            let span = if owner_here { telemetry::sequence_span(room) } else { tracing::Span::none() };
-            let _entered = span.entered();
-            self.hub.sequence(room, draft.clone(), Published { at: published_at, cross_node: false })
-        };
+        // Named `sequence` only where it is: on the owner.
+        let owner_here = telemetry::exporting() && self.hub.owns(room);
+        let span = if owner_here { telemetry::sequence_span(room) } else { tracing::Span::none() };
+        let published = Published { at: published_at, cross_node: false };
+        let sequenced = self.hub.sequence_when_ready(room, draft.clone(), published).instrument(span).await;
         match sequenced {
-            Ok(position) => Ok(position),
+            Ok(sequenced) => replicated(sequenced).await,
             Err(SequenceError::NoRoom) => Err(PublishError::NoMembers),
             Err(SequenceError::OffsetsExhausted) => Err(PublishError::OffsetsExhausted),
+            Err(SequenceError::TakingOver) => Err(PublishError::TakingOver),
             Err(SequenceError::NotOwner { owner, .. }) => {
                 let Some(links) = &self.links else {
                     // A single node owns every room; another owner is an

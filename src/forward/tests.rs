@@ -62,6 +62,7 @@ struct Cluster {
     nodes: Vec<CoreNode>,
     routers: Vec<Router>,
     directories: Vec<Arc<Members>>,
+    links: Vec<Arc<PeerLinks>>,
 }
 
 /// `count` nodes (incarnation 0, as the memory transport names them), each
@@ -76,20 +77,23 @@ fn cluster(count: usize, members: usize) -> Cluster {
         nodes: Vec::new(),
         routers: Vec::new(),
         directories: Vec::new(),
+        links: Vec::new(),
     };
     for (i, name) in names.iter().enumerate().take(count) {
         let node = CoreNode::new(name, 0);
         let directory = Arc::new(Members { members: membership.clone(), refused: AtomicU64::new(0) });
         let transport = Arc::new(network.transport(&addr(i)));
         let links = PeerLinks::new(name, transport, Arc::clone(&directory) as _, Arc::clone(&node.shared));
-        node.hub.set_remote(links.clone());
+        links.attach(&node.hub);
         let handler = AppHandler {
             hub: Arc::clone(&node.hub),
             shared: Arc::clone(&node.shared),
             group: Arc::clone(&directory) as _,
+            links: Arc::clone(&links),
         };
         network.register(&addr(i), name, Arc::new(Unwrap(handler)));
-        cluster.routers.push(Router::cluster(Arc::clone(&node.hub), links));
+        cluster.routers.push(Router::cluster(Arc::clone(&node.hub), Arc::clone(&links)));
+        cluster.links.push(links);
         cluster.directories.push(directory);
         cluster.nodes.push(node);
     }
@@ -203,6 +207,7 @@ async fn a_node_outside_the_membership_cannot_have_publishes_sequenced_or_delive
         hub: Arc::clone(&cluster.nodes[1].hub),
         shared: Arc::clone(&cluster.nodes[1].shared),
         group: Arc::clone(&cluster.directories[1]) as _,
+        links: Arc::clone(&cluster.links[1]),
     };
     let body = codec::encode(&wire::AppMessageOut::Deliver(&message)).unwrap();
     handler.one_way(&PeerIdentity { name: "node-3".into(), incarnation: 0 }, body, None);
@@ -230,4 +235,115 @@ fn the_borrowed_form_of_a_message_decodes_as_the_owned_form() {
         wire::AppMessageOut::Publish { room: &room("chat:x"), draft: &draft, min_index: 5, published_us: 6 };
     let decoded = codec::decode::<wire::AppMessage>(&codec::encode(&out).unwrap()).unwrap();
     assert!(matches!(decoded, wire::AppMessage::Publish { min_index: 5, published_us: 6, .. }));
+}
+
+/// The texts of `member`'s messages so far, as `epoch:offset:data`.
+async fn messages(member: &crate::fanout::SessionEntry) -> Vec<String> {
+    frames(member).await.into_iter().filter_map(|f| f.strip_prefix("msg:").map(str::to_string)).collect()
+}
+
+/// Three nodes with a member each; the owner (node-1) sends messages d and
+/// e to one survivor only, then dies. `heir_lags`: the survivor that missed
+/// them is the one that takes the room over (it must fetch them), else the
+/// other one (the heir sends them again from its own history).
+async fn owner_dies_after_reaching_one_survivor(heir_lags: bool) {
+    let cluster = cluster(3, 3);
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
+    for (node, member) in cluster.nodes.iter().zip(&members) {
+        apply_everywhere(&all, node.join_command("chat:x", member)).await;
+    }
+    let chat_x = room("chat:x");
+    let epoch = cluster.nodes[0].hub.owner_of(&chat_x).unwrap().1;
+    let publish = |i: usize, data: &str| {
+        cluster.routers[i].publish(&chat_x, draft(&cluster.nodes[i], "u", data), Instant::now())
+    };
+    for data in ["a", "b", "c"] {
+        publish(0, data).await.unwrap();
+    }
+    let heir = if members[1].conn < members[2].conn { 1 } else { 2 };
+    let other = 3 - heir;
+    let lagging = if heir_lags { heir } else { other };
+    cluster.network.cut_one_way("mem-0", &format!("mem-{lagging}"));
+    for data in ["d", "e"] {
+        // Acknowledged: the other survivor holds them.
+        assert_eq!(publish(0, data).await.unwrap().epoch, epoch);
+    }
+    cluster.network.unregister("mem-0");
+    let survivors = [&cluster.nodes[1], &cluster.nodes[2]];
+    let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 0 };
+    apply_everywhere(&survivors, evict).await;
+    let position = publish(lagging, "f").await.unwrap();
+    assert_eq!(
+        position,
+        Position { epoch, offset: 6 },
+        "the same epoch, after the highest offset any node held"
+    );
+    let expected: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("{epoch}:{}:{d}", i + 1))
+        .collect();
+    for i in [heir, other] {
+        let mut seen = Vec::new();
+        let all_seen = async {
+            while seen.len() < expected.len() {
+                let batch = messages(&members[i]).await;
+                if batch.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                seen.extend(batch);
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_seen).await;
+        assert_eq!(seen, expected, "node-{} saw every message once, gapless, in one epoch", i + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_new_owner_continues_the_epoch_after_sending_survivors_what_only_it_received() {
+    owner_dies_after_reaching_one_survivor(false).await;
+}
+
+#[tokio::test]
+async fn a_new_owner_that_missed_messages_fetches_them_and_continues_the_epoch() {
+    owner_dies_after_reaching_one_survivor(true).await;
+}
+
+#[tokio::test]
+async fn a_new_owner_starts_a_new_epoch_when_what_a_survivor_lacks_is_held_nowhere() {
+    let cluster = cluster(3, 3);
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    // The `plain` namespace keeps no history.
+    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
+    for (node, member) in cluster.nodes.iter().zip(&members) {
+        apply_everywhere(&all, node.join_command("plain:x", member)).await;
+    }
+    let room_name = room("plain:x");
+    let epoch = cluster.nodes[0].hub.owner_of(&room_name).unwrap().1;
+    let heir = if members[1].conn < members[2].conn { 1 } else { 2 };
+    let behind = 3 - heir;
+    // Both survivors lose the last frames, so no live node holds them.
+    cluster.network.cut_one_way("mem-0", "mem-1");
+    cluster.network.cut_one_way("mem-0", "mem-2");
+    let sent =
+        cluster.routers[0].publish(&room_name, draft(&cluster.nodes[0], "u", "lost"), Instant::now()).await;
+    assert_eq!(sent, Err(PublishError::NotReplicated), "no other node holds it: not acknowledged");
+    // Now one survivor gets a message the other lacks, and nobody keeps history.
+    cluster.network.heal_all();
+    cluster.network.cut_one_way("mem-0", &format!("mem-{behind}"));
+    let half = cluster.routers[0].publish(&room_name, draft(&cluster.nodes[0], "u", "half"), Instant::now());
+    assert_eq!(half.await.unwrap(), Position { epoch, offset: 2 });
+    cluster.network.unregister("mem-0");
+    let survivors = [&cluster.nodes[1], &cluster.nodes[2]];
+    let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 0 };
+    apply_everywhere(&survivors, evict).await;
+    let position = cluster.routers[behind]
+        .publish(&room_name, draft(&cluster.nodes[behind], "u", "next"), Instant::now())
+        .await
+        .unwrap();
+    assert!(position.epoch > epoch, "a new epoch: {position:?} after {epoch}");
+    assert_eq!(position.offset, 1);
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use starling_cluster::codec;
 use starling_cluster::raft::PeerMessage;
 
-use crate::fanout::{Draft, Position, RoomMessage};
+use crate::fanout::{Draft, Position, RoomMessage, RoomState};
 use crate::protocol::RoomName;
 
 /// Application messages between nodes, as received.
@@ -21,6 +21,14 @@ pub(super) enum AppMessage {
     Publish { room: RoomName, draft: Draft, min_index: u64, published_us: u64 },
     /// From the owner: a sequenced message.
     Deliver(RoomMessage),
+    /// To the owner: this node holds the message at `position` of `room`.
+    Held { room: RoomName, position: Position },
+    /// From a room's new owner: where does the room stand here, once this
+    /// node has applied the log up to `min_index` (the owner change)?
+    State { room: RoomName, min_index: u64 },
+    /// From a room's new owner: the messages of `epoch` after offset
+    /// `after`, all of them up to the last this node saw.
+    Messages { room: RoomName, epoch: u64, after: u64, min_index: u64 },
 }
 
 /// The same messages, borrowed, for sending: serializes exactly as
@@ -29,6 +37,9 @@ pub(super) enum AppMessage {
 pub(super) enum AppMessageOut<'a> {
     Publish { room: &'a RoomName, draft: &'a Draft, min_index: u64, published_us: u64 },
     Deliver(&'a RoomMessage),
+    Held { room: &'a RoomName, position: Position },
+    State { room: &'a RoomName, min_index: u64 },
+    Messages { room: &'a RoomName, epoch: u64, after: u64, min_index: u64 },
 }
 
 /// Why the owner did not sequence a forwarded publish.
@@ -45,11 +56,18 @@ pub enum OwnerRefusal {
     /// The sender is not a member of the group, or forwarded a publish of a
     /// connection that is not its own.
     NotAuthorized,
+    /// The message was sequenced but no other node confirmed holding it in
+    /// time; it may have been delivered.
+    NotReplicated,
+    /// The owner is still settling the room after taking it over.
+    TakingOver,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum AppAnswer {
     Published(Result<Position, OwnerRefusal>),
+    State(Option<RoomState>),
+    Messages(Option<Vec<RoomMessage>>),
 }
 
 /// An application message wrapped for the peer transport.

@@ -35,7 +35,7 @@ impl MemoryNetwork {
     }
 
     pub fn transport(self: &Arc<Self>, addr: &str) -> MemoryTransport {
-        MemoryTransport { network: Arc::clone(self), from: addr.into() }
+        MemoryTransport { network: Arc::clone(self), from: addr.into(), links: Arc::default() }
     }
 
     /// Cuts both directions between `a` and `b`.
@@ -73,11 +73,19 @@ impl MemoryNetwork {
     }
 }
 
+/// A one-way message on its way, with the handler it goes to.
+type Queued = (PeerIdentity, SharedHandler, Vec<u8>, Option<String>);
+
 /// One node's view of the in-memory network.
 #[derive(Clone)]
 pub struct MemoryTransport {
     network: Arc<MemoryNetwork>,
     from: String,
+    /// One ordered queue per destination, as a real link is: one-way
+    /// messages are handled later, in order, never inside `send` (so a
+    /// handler that answers with a one-way message cannot re-enter the
+    /// sender's locks).
+    links: Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl PeerTransport for MemoryTransport {
@@ -107,8 +115,17 @@ impl PeerTransport for MemoryTransport {
     fn send(&self, to: &str, body: Vec<u8>, trace: Option<String>) -> Result<(), TransportError> {
         let (sender, handler) =
             self.network.reach(&self.from, to).ok_or_else(|| TransportError::Unreachable(to.to_string()))?;
-        handler.one_way(&sender, body, trace);
-        Ok(())
+        let mut links = lock(&self.links);
+        let link = links.entry(to.to_string()).or_insert_with(|| {
+            let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+            tokio::spawn(async move {
+                while let Some((sender, handler, body, trace)) = queued.recv().await {
+                    handler.one_way(&sender, body, trace);
+                }
+            });
+            queue
+        });
+        link.send((sender, handler, body, trace)).map_err(|_| TransportError::Closed)
     }
 
     fn peer_identity(&self, addr: &str) -> Option<PeerIdentity> {

@@ -45,8 +45,11 @@ pub fn publish_error_body(error: &PublishError) -> ErrorBody {
             return ErrorBody::new(ErrorCode::Unavailable, "room is not ready").retry_after(100)
         }
         // The new owner is known; a retry goes there.
-        PublishError::OwnerMoved { .. } => 50,
-        PublishError::OwnerUnreachable { .. } | PublishError::OwnerBehind | PublishError::TimedOut => 200,
+        PublishError::OwnerMoved { .. } | PublishError::TakingOver => 50,
+        PublishError::OwnerUnreachable { .. }
+        | PublishError::OwnerBehind
+        | PublishError::TimedOut
+        | PublishError::NotReplicated => 200,
         PublishError::OffsetsExhausted | PublishError::Refused(_) | PublishError::NotAuthorized => {
             return ErrorBody::new(ErrorCode::Internal, error.to_string())
         }

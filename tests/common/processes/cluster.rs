@@ -428,6 +428,26 @@ impl Received {
         })
     }
 
+    /// (epoch, offset, data) of every message, in arrival order.
+    pub fn messages_with_data(&self) -> Vec<(u64, u64, serde_json::Value)> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|(_, event)| match event {
+                Event::Message(m) => Some((m.epoch, m.offset, m.data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When the first message after `since` arrived.
+    pub fn first_message_after(&self, since: Instant) -> Option<Instant> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .find_map(|(at, event)| (matches!(event, Event::Message(_)) && *at > since).then_some(*at))
+    }
+
     /// (epoch, offset) of every message, in arrival order.
     pub fn messages(&self) -> Vec<(u64, u64)> {
         let events = self.0.lock().unwrap();
