@@ -175,6 +175,9 @@ async fn bootstrap_expect_3_forms_exactly_one_group_with_one_leader_every_time()
     }
 }
 
+/// A message as a member saw it: epoch, offset, data.
+type Seen = (u64, u64, Value);
+
 /// Which node a failover test kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Victim {
@@ -307,7 +310,7 @@ async fn kill_under_load(name: &str, victim: Victim) {
         got.iter().any(|m| m.1 >= last).then_some(()).ok_or(format!("up to {:?}", got.last()))
     })
     .await;
-    let mut everyone: Vec<(String, Vec<(u64, u64, Value)>)> =
+    let mut everyone: Vec<(String, Vec<Seen>)> =
         members.iter().map(|(user, _, r)| (user.clone(), r.messages_with_data())).collect();
     let mut rejoined = doomed_received.messages_with_data();
     rejoined.extend(back_received.messages_with_data());
