@@ -47,13 +47,18 @@ pub enum ServiceError {
     Unavailable(#[from] ReplicateError),
     #[error("{0}")]
     Publish(#[from] PublishError),
+    /// G9: an earlier publish of this connection to this room was refused
+    /// (retryably) a moment ago; this later one is refused too, so that
+    /// retrying them in order keeps their order.
+    #[error("an earlier publish to this room was refused; retry it first, then this one")]
+    HeldBack,
 }
 
 impl ServiceError {
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(&self) -> bool {
         match self {
-            ServiceError::Unavailable(_) => true,
+            ServiceError::Unavailable(_) | ServiceError::HeldBack => true,
             ServiceError::Publish(error) => error.retryable(),
             _ => false,
         }

@@ -445,3 +445,66 @@ async fn presence_reads_work_right_after_formation_and_after_a_leader_change() {
     }
     stop_all(nodes).await;
 }
+
+/// G9: a connection's publishes to a room are one queue. Three publishes
+/// are sent back to back from a node whose peer link to the room's owner is
+/// cut; the first is refused retryably, and the two behind it are refused
+/// too (held back), also when one of them is retried first. Retried in
+/// order once the link heals, they are sequenced in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishes_refused_while_the_owner_is_unreachable_keep_their_order_when_retried() {
+    let faults = LinkFaults::new();
+    let nodes = start_cluster_with(Some(Arc::clone(&faults))).await;
+    let (owner, _owner_events) = connect_as(&nodes[0], "owner").await;
+    owner.join("chat:g9", None).await.unwrap();
+    let (publisher, mut events) = connect_as(&nodes[1], "publisher").await;
+    publisher.join("chat:g9", None).await.unwrap();
+    let (a, b) = (nodes[1].peer_addr().unwrap(), nodes[0].peer_addr().unwrap());
+    faults.cut_one_way(a, b);
+    let publish = |key: &'static str| {
+        publisher.request(json!({"type": "publish", "room": "chat:g9", "data": key, "idem": key}))
+    };
+    let (first, second, third) = tokio::join!(publish("a"), publish("b"), publish("c"));
+    let refused = |result: Result<serde_json::Value, starling_client::ClientError>| {
+        let error = result.expect_err("refused while the owner is unreachable");
+        assert_eq!(error.code(), Some("unavailable"), "{error}");
+        error.to_string()
+    };
+    refused(first);
+    for later in [second, third] {
+        let message = refused(later);
+        assert!(message.contains("an earlier publish to this room was refused"), "{message}");
+    }
+    faults.heal_all();
+    // Retrying a later one first is refused too: the refused one comes first.
+    let out_of_order = publish("b").await.unwrap_err();
+    assert!(out_of_order.to_string().contains("an earlier publish"), "{out_of_order}");
+    let mut positions = Vec::new();
+    for key in ["a", "b", "c"] {
+        let reply = within("the retry", async {
+            loop {
+                match publish(key).await {
+                    Ok(reply) => return reply,
+                    Err(error) if error.code() == Some("unavailable") => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        })
+        .await;
+        positions.push(reply["offset"].as_u64().unwrap());
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = next_matching(&mut events, |e| match e {
+            Event::Message(m) => Some(m.data),
+            _ => None,
+        })
+        .await;
+        seen.push(message);
+    }
+    assert_eq!(seen, vec![json!("a"), json!("b"), json!("c")], "sequenced in the order sent");
+    stop_all(nodes).await;
+}

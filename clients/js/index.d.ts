@@ -38,8 +38,13 @@ export interface Message<T = Json> extends Position {
 }
 
 export interface Resubscribed extends Position {
-  /** False only when the room's position is exactly where this client left it. */
+  /** False when nothing was missed: the server replayed every message after
+   * the last one seen (`recovered`), or the room is exactly where this
+   * client left it. */
   missed: boolean;
+  /** The server's history held every message after the last one seen and
+   * replayed them before the re-join reply (wire v1.1 `since`). */
+  recovered: boolean;
   previousEpoch: number | null;
   previousOffset: number | null;
 }

@@ -38,6 +38,9 @@ pub enum Request {
         data: Box<RawValue>,
         /// A W3C `traceparent` the client wants the publish to join.
         traceparent: Option<String>,
+        /// v1.1: a client-chosen key naming this publish on its connection;
+        /// a retry carries the same key (G9).
+        idem: Option<String>,
     },
     Presence {
         room: RoomName,
@@ -72,7 +75,11 @@ struct RawFrame {
     traceparent: Option<String>,
     since: Option<Box<RawValue>>,
     rewind: Option<Box<RawValue>>,
+    idem: Option<Box<RawValue>>,
 }
+
+/// The longest `idem` key, in bytes.
+pub const MAX_IDEM_BYTES: usize = 64;
 
 /// Parses one text frame.
 pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
@@ -118,7 +125,14 @@ pub fn parse_request(text: &str) -> Result<Envelope, RequestError> {
                 Some(data) if data.get() != "null" => data,
                 _ => return Err(fail("missing field `data`".into())),
             };
-            Request::Publish { room: room()?, data, traceparent: raw.traceparent }
+            let idem = match raw.idem.as_deref().map(RawValue::get) {
+                None | Some("null") => None,
+                Some(text) => match serde_json::from_str::<String>(text) {
+                    Ok(key) if !key.is_empty() && key.len() <= MAX_IDEM_BYTES => Some(key),
+                    _ => return Err(fail(format!("`idem` must be a string of 1 to {MAX_IDEM_BYTES} bytes"))),
+                },
+            };
+            Request::Publish { room: room()?, data, traceparent: raw.traceparent, idem }
         }
         "presence" => Request::Presence { room: room()? },
         "pong" => Request::Pong,
@@ -214,6 +228,17 @@ mod tests {
             error,
             RequestError { id: Some(5), message: "`rewind` must be a non-negative integer".into() }
         );
+    }
+
+    #[test]
+    fn a_publish_may_name_itself_with_an_idem_key() {
+        let publish = parse_request(r#"{"type":"publish","room":"chat:x","data":1,"idem":"p-7"}"#).unwrap();
+        assert!(matches!(publish.request, Request::Publish { idem: Some(ref k), .. } if k == "p-7"));
+        let too_long = format!("\"{}\"", "k".repeat(65));
+        for bad in ["\"\"", "7", too_long.as_str()] {
+            let text = format!(r#"{{"type":"publish","id":2,"room":"chat:x","data":1,"idem":{bad}}}"#);
+            assert_eq!(parse_err(&text).message, "`idem` must be a string of 1 to 64 bytes", "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and publishes checked against what the connection is in, and the final
 //! removal from every room when the connection ends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,23 @@ pub struct JoinOutcome {
     pub recovered: bool,
 }
 
+/// How long later publishes to a room are held back after one was refused
+/// retryably, when the refused one carried no `idem` key (G9): longer than
+/// the publishes sent before the client saw the refusal take to arrive on
+/// a sound link, shorter than any `retry_after_ms` it was given plus a
+/// round trip.
+const HELD_BACK_WITHOUT_KEY: Duration = Duration::from_millis(200);
+/// The same when it carried a key: until its retry (same key) comes, at most.
+const HELD_BACK_WITH_KEY: Duration = Duration::from_secs(5);
+
+/// A room whose publishes are held back behind a refused one (G9).
+#[derive(Debug)]
+struct HeldBack {
+    until: Instant,
+    /// The refused publish's `idem` key: its retry ends the hold.
+    idem: Option<String>,
+}
+
 /// The rooms of one connection.
 pub struct ConnectionRooms {
     service: Arc<RoomService>,
@@ -38,6 +55,9 @@ pub struct ConnectionRooms {
     /// connection ending mid-join can wait for it before proposing its
     /// disconnect (otherwise the two could commit in either order).
     pending_join: Option<JoinHandle<Result<u64, ServiceError>>>,
+    /// Rooms whose next publishes are refused until the refused one is
+    /// retried (G9: a connection's publishes to a room are one queue).
+    held_back: HashMap<RoomName, HeldBack>,
 }
 
 impl ConnectionRooms {
@@ -49,6 +69,7 @@ impl ConnectionRooms {
             rooms: HashSet::new(),
             proposed_join: false,
             pending_join: None,
+            held_back: HashMap::new(),
         }
     }
 
@@ -105,6 +126,7 @@ impl ConnectionRooms {
         let command = RoomCommand::Leave { room: room.clone(), conn: self.conn };
         self.service.replicator.propose(command).await?;
         self.rooms.remove(room);
+        self.held_back.remove(room);
         self.service.metrics.leaves.increment(1);
         Ok(())
     }
@@ -121,17 +143,39 @@ impl ConnectionRooms {
     }
 
     /// Publishes to a room this connection is in, as this connection.
+    ///
+    /// G9: the connection's publishes to one room form one queue. When one
+    /// is refused retryably, the ones after it that already arrived are
+    /// refused too (`HeldBack`) until the refused one is retried (a publish
+    /// with its `idem` key), or for a short while when it had none, so a
+    /// client that retries the refused ones in order keeps its order.
     pub async fn publish(
-        &self,
+        &mut self,
         room: &RoomName,
         event: Option<Arc<str>>,
         data: bytes::Bytes,
         received_at: Instant,
+        idem: Option<&str>,
     ) -> Result<Position, ServiceError> {
         self.check_publish(room, data.len())?;
+        if let Some(held) = self.held_back.get(room) {
+            let is_the_retry = held.idem.is_some() && held.idem.as_deref() == idem;
+            if !is_the_retry && received_at < held.until {
+                return Err(ServiceError::HeldBack);
+            }
+            self.held_back.remove(room);
+        }
         let publisher = Publisher { user: Arc::clone(&self.user), conn: self.conn };
         let draft = Draft { publisher: Some(publisher), event, data };
-        self.service.route(room, draft, received_at).await
+        let result = self.service.route(room, draft, received_at).await;
+        if let Err(error) = &result {
+            if error.retryable() {
+                let hold = if idem.is_some() { HELD_BACK_WITH_KEY } else { HELD_BACK_WITHOUT_KEY };
+                let held = HeldBack { until: Instant::now() + hold, idem: idem.map(str::to_owned) };
+                self.held_back.insert(room.clone(), held);
+            }
+        }
+        result
     }
 
     /// Removes the connection from every room it is in. Retried a few

@@ -226,19 +226,23 @@ export class Room extends Emitter {
       this.settleReady.resolve(result);
       this.emit("subscribed", { epoch: result.epoch, offset: result.offset });
     } else {
-      // Nothing was missed only when what this connection receives continues
-      // exactly from the last position seen before the link dropped: the
-      // first early message is the next offset of the same epoch, or (no
-      // early message) the room is still at that very position. Otherwise
-      // messages were sequenced meanwhile, or the epoch changed (the room
-      // restarted or changed owner), and some may have been missed.
+      // `recovered`: the server replayed every message after the last one
+      // seen, before its reply (they are among the early messages). Without
+      // it, nothing was missed only when what this connection receives
+      // continues exactly from the last position seen: the first early
+      // message is the next offset of the same epoch, or (no early message)
+      // the room is still at that very position. Otherwise messages were
+      // sequenced meanwhile, or the epoch changed (the room restarted), and
+      // some may have been missed.
+      const recovered = result.recovered === true;
       const sameEpoch = result.epoch === previous.epoch && early.every((m) => m.epoch === previous.epoch);
       const continued =
         sameEpoch &&
         !overflowed &&
         (early.length > 0 ? early[0].offset === previous.offset + 1 : result.offset === previous.offset);
       this.emit("resubscribed", {
-        missed: !continued,
+        missed: !recovered && !continued,
+        recovered,
         epoch: result.epoch,
         offset: result.offset,
         previousEpoch: previous.epoch,
@@ -649,6 +653,9 @@ export class StarlingClient extends Emitter {
     const generation = this.#generation;
     const frame = { type: "join", room: room.name };
     if (room.meta !== undefined) frame.meta = room.meta;
+    // A re-join asks for every message after the last one seen (wire v1.1):
+    // the server replays them before its reply when its history holds them.
+    if (room.joinedOnce && room.epoch !== null) frame.since = { epoch: room.epoch, offset: room.offset };
     this.#joinsInFlight++;
     room.joinInFlight = true;
     let result = null;
@@ -704,9 +711,12 @@ export class StarlingClient extends Emitter {
         if (this.options.retryPublish && RETRYABLE.has(error.code) && !this.#stopped) {
           // Not sequenced (rate limited), or the room's owner is moving:
           // try again within the publish's deadline (see README: a retry
-          // after an ambiguous `unavailable` can deliver twice).
+          // after an ambiguous `unavailable` can deliver twice). G9: the
+          // server refuses the room's later publishes too, and they all go
+          // back into the queue in call order, so the retries keep it.
           delete item.pendingId;
-          item.retryTimer = setTimeout(() => this.#retryPublish(item), error.retryAfterMs || this.options.minReconnectDelayMs);
+          this.#enqueue(item);
+          this.#retryRoomAfter(item.room, error.retryAfterMs || this.options.minReconnectDelayMs);
           return;
         }
         item.reject(error);
@@ -714,16 +724,20 @@ export class StarlingClient extends Emitter {
       timer: null,
     });
     item.pendingId = id;
-    this.#send({ type: "publish", id, room: item.room.name, data: item.data });
+    // `idem` names the publish on this connection: its retry carries the
+    // same key, which lets the server hold later publishes back until it.
+    this.#send({ type: "publish", id, room: item.room.name, data: item.data, idem: `p${item.seq}` });
   }
 
-  #retryPublish(item) {
-    item.retryTimer = null;
-    if (item.done) return;
-    if (item.room.state === "joined" && this.state === "connected") this.#sendPublish(item);
-    // Re-joining: back into the queue, in call order and under queueLimit.
-    else if (item.room.state === "joining") this.#enqueue(item);
-    else item.reject(new StarlingError("left", `not in room ${item.room.name}`));
+  /** Sends the room's queued publishes again, in call order, after `ms` (one timer per room). */
+  #retryRoomAfter(room, ms) {
+    if (room.retryTimer) return;
+    room.retryTimer = setTimeout(() => {
+      room.retryTimer = null;
+      if (room.state === "joined" && this.state === "connected") this.#flushQueue(room);
+      // Re-joining: the queue is flushed after the join reply.
+      else if (room.state !== "joining") this.#rejectQueue(() => new StarlingError("left", `not in room ${room.name}`), room);
+    }, ms);
   }
 
   /** Queues in call order; over queueLimit the oldest publish is dropped with `queue_overflow`. */
@@ -803,6 +817,8 @@ export class StarlingClient extends Emitter {
     this.#teardown(byClient ? 1000 : 4000, reason, byClient ? closed : undefined);
     for (const room of this.#rooms.values()) {
       if (!room.joinedOnce) room.settleReady.reject(closed());
+      clearTimeout(room.retryTimer);
+      room.retryTimer = null;
     }
     for (const item of [...this.#publishes]) {
       this.#dequeue(item);

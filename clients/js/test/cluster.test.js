@@ -101,6 +101,11 @@ function summary(name, list, kills) {
 
 // Guarantee: with default settings, every client whose node is killed
 // (kill -9) re-joins its room on another live node, and keeps chatting.
+// G8 through the client: the killed node owns the room (its clients joined
+// first); the observer on a survivor publishes before and right after the
+// kill, and every moved client re-joins with `since` and gets every one of
+// those messages exactly once, in order: `resubscribed` says recovered, not
+// missed.
 // Timing asserted: follower kills re-join within 3 s at p99; after a leader
 // kill, clients re-join within 1 s (p99) of the new leader being named (the
 // client's own share). The end-to-end goal (kill to re-joined under 3 s at
@@ -132,9 +137,29 @@ test("failover: clients of a killed node re-join elsewhere", async () => {
       const observed = observer.join(room);
       await within("the observer's join", observed.ready);
       assert.ok(clients.every((c) => c.session.node === victim.name));
-      const rejoined = rooms.map((r) => nextEvent(r, "resubscribed", 15000).then(() => Date.now()));
+      const received = rooms.map((r) => {
+        const seen = [];
+        r.on("message", (m) => seen.push(m.data.seq));
+        return seen;
+      });
+      const sent = [];
+      for (let seq = 0; seq < 3; seq++) {
+        await within("a publish before the kill", observed.publish({ seq }));
+        sent.push(seq);
+      }
+      await eventually("every client got the first messages", async () => received.every((s) => s.length === 3));
+      const resubscribed = rooms.map((r) => nextEvent(r, "resubscribed", 15000));
+      const rejoined = resubscribed.map((p) => p.then(() => Date.now()));
       const killedAt = Date.now();
       await victim.kill();
+      // Published while the moved clients are away (retried by the client
+      // while the room's owner moves off the dead node).
+      const publishedMeanwhile = (async () => {
+        for (let seq = 3; seq < 6; seq++) {
+          await observed.publish({ seq });
+          sent.push(seq);
+        }
+      })();
       // When a survivor first names a new Raft leader: the server's share of
       // the failover (joins cannot be committed before it). Polled every 50 ms.
       const electedAt = kind === "leader" ? newLeaderAt(others, victim.name) : Promise.resolve(null);
@@ -145,12 +170,19 @@ test("failover: clients of a killed node re-join elsewhere", async () => {
         afterElection.push(...times.map((t) => t - (elected - killedAt)));
       }
       for (const c of clients) assert.notEqual(c.session.node, victim.name, "landed on another node");
+      for (const info of await Promise.all(resubscribed)) {
+        assert.equal(info.recovered, true, `re-joined with since: ${JSON.stringify(info)}`);
+        assert.equal(info.missed, false, `nothing missed: ${JSON.stringify(info)}`);
+      }
+      await within("the observer's publishes during the kill", publishedMeanwhile);
+      await eventually("every client got every message", async () => received.every((s) => s.length >= sent.length));
+      for (const seen of received) assert.deepEqual(seen, sent, "every message exactly once, in order");
       byKind[kind].push(...times);
       kills[kind]++;
       worstPerKill.push(`${kind[0]}${Math.max(...times)}`);
       // Still chatting: a moved client's message reaches the observer (the
       // publish is retried while the room's owner moves off the dead node).
-      const heard = nextEvent(observed, "message", 10000, (m) => m.data.round === round);
+      const heard = nextEvent(observed, "message", 10000, (m) => m.data.round === round && m.from.user !== `observer-${round}`);
       await within("the moved client's publish", rooms[0].publish({ round }));
       assert.equal((await heard).from.user, `user-${round}-0`);
       chatBack.push(Date.now() - killedAt);

@@ -59,7 +59,7 @@ export function within(what, promise, timeoutMs = 10000) {
 }
 
 /** An HS256 JWT signed with SECRET. */
-export function mintToken(sub, { ttlSecs = 3600, rooms = ["chat:*"] } = {}) {
+export function mintToken(sub, { ttlSecs = 3600, rooms = ["chat:*", "nohistory:*"] } = {}) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
   const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, rooms, exp: Math.floor(Date.now() / 1000) + ttlSecs })}`;
   const signature = createHmac("sha256", SECRET).update(body).digest("base64url");
@@ -141,6 +141,10 @@ format = "json"
 
 [[namespaces]]
 name = "chat"
+history_size = 200
+
+[[namespaces]]
+name = "nohistory"
 `;
 }
 

@@ -206,10 +206,15 @@ test("server disconnect (1000) closes for good", async () => {
 });
 
 // Guarantee: `resubscribed.missed` is true when another client published
-// while this one was away, and false when nothing was published (the room
-// stayed open, same epoch and offset).
-for (const published of [true, false]) {
-  test(`resubscribed.missed is ${published} when ${published ? "a message was" : "nothing was"} published during the gap`, async () => {
+// while this one was away and the server could not replay it (namespace
+// without history), and false when nothing was published (the room stayed
+// open, same epoch and offset). With history (`chat`), the re-join carries
+// `since`: the message published meanwhile is replayed before the reply,
+// `recovered` is true and nothing is missed.
+for (const [namespace, published] of [["nohistory", true], ["nohistory", false], ["chat", true]]) {
+  const recovers = namespace === "chat";
+  const missed = published && !recovers;
+  test(`resubscribed in ${namespace}: missed is ${missed} when ${published ? "a message was" : "nothing was"} published during the gap`, async () => {
     const { Tracked, cut } = trackedWebSocket();
     let gapOver = () => {};
     const gap = new Promise((resolve) => (gapOver = resolve));
@@ -225,7 +230,7 @@ for (const published of [true, false]) {
       },
     });
     const ivy = client("ivy");
-    const room = `chat:missed-${published}`;
+    const room = `${namespace}:missed-${published}`;
     const hanks = hank.join(room);
     const ivys = ivy.join(room);
     await within("both joins", Promise.all([hanks.ready, ivys.ready]));
@@ -237,12 +242,17 @@ for (const published of [true, false]) {
     cut();
     await lost;
     const back = nextEvent(hanks, "resubscribed");
+    const replayed = recovers ? nextEvent(hanks, "message", 10000) : null;
     if (published) await ivys.publish({ text: "while hank is away" });
     gapOver();
     const info = await back;
-    assert.equal(info.missed, published);
+    assert.equal(info.missed, missed);
+    // Nothing published: the position is still current, which the server
+    // reports as recovered (nothing to replay) with or without history.
+    assert.equal(info.recovered, recovers || !published);
     assert.deepEqual([info.previousEpoch, info.previousOffset], before);
     assert.equal(info.offset, before[1] + (published ? 1 : 0));
+    if (recovers) assert.deepEqual((await replayed).data, { text: "while hank is away" });
     closeAll();
   });
 }

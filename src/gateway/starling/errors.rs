@@ -15,6 +15,10 @@ pub enum ErrorContext {
     Presence,
 }
 
+/// When to retry a publish held back behind a refused one (G9): after the
+/// refused one's own retry (at most 200 ms), so the order is kept.
+const HELD_BACK_RETRY_MS: u64 = 250;
+
 /// The error reply for `error`.
 pub fn error_body(error: ServiceError, context: ErrorContext) -> ErrorBody {
     let message = error.to_string();
@@ -32,6 +36,9 @@ pub fn error_body(error: ServiceError, context: ErrorContext) -> ErrorBody {
         }
         ServiceError::NotJoined => ErrorBody::new(ErrorCode::NotJoined, message),
         ServiceError::Unavailable(_) => ErrorBody::new(ErrorCode::Unavailable, message).retry_after(500),
+        ServiceError::HeldBack => {
+            ErrorBody::new(ErrorCode::Unavailable, message).retry_after(HELD_BACK_RETRY_MS)
+        }
         ServiceError::Publish(error) => publish_error_body(&error),
     }
 }

@@ -294,9 +294,9 @@ impl Session {
                 self.join(id, room, meta.as_deref(), recover).instrument(span).await
             }
             Request::Leave { room } => self.leave(id, &room).await,
-            Request::Publish { room, data, traceparent } => {
+            Request::Publish { room, data, traceparent, idem } => {
                 let span = telemetry::publish_span(&room, Some(self.entry.conn), traceparent.as_deref());
-                self.publish(id, &room, data).instrument(span).await
+                self.publish(id, &room, data, idem.as_deref()).instrument(span).await
             }
             Request::Presence { room } => self.presence(id, &room).await,
             Request::Pong => return None,
@@ -349,12 +349,13 @@ impl Session {
         id: Option<u64>,
         room: &RoomName,
         data: Box<RawValue>,
+        idem: Option<&str>,
     ) -> Result<(), ErrorBody> {
         let received_at = Instant::now();
         let data = bytes::Bytes::from(String::from(Box::<str>::from(data)));
         let position = self
             .rooms
-            .publish(room, None, data, received_at)
+            .publish(room, None, data, received_at, idem)
             .await
             .map_err(|e| error_body(e, ErrorContext::Publish))?;
         if let Some(id) = id {
