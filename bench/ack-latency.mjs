@@ -20,7 +20,7 @@ const COUNT = Number(process.argv[3] || 2000);
 const SECRET = "example-only-replace-me-0123456789abcdef";
 const data = mkdtempSync(join(tmpdir(), "ack-latency-"));
 const nodes = [1, 2, 3].map((n) =>
-  spawn(BIN, ["--config", `config/cluster/node-${n}.toml`], {
+  spawn(BIN, ["--config", `${process.env.CONFIG_DIR || "config/cluster"}/node-${n}.toml`], {
     env: { ...process.env, STARLING_NODE__DATA_DIR: join(data, `node-${n}`), STARLING_LOG__LEVEL: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
   }),

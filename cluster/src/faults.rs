@@ -94,6 +94,10 @@ impl PeerTransport for FaultyPeerTransport {
         self.inner.stats()
     }
 
+    fn gone(&self, addr: &str) -> Option<crate::transport::PeerIdentity> {
+        self.inner.gone(addr)
+    }
+
     fn peer_identity(&self, addr: &str) -> Option<crate::transport::PeerIdentity> {
         self.inner.peer_identity(addr)
     }

@@ -130,6 +130,7 @@ impl Autopilot {
         } else {
             Default::default()
         };
+        let gone = if is_leader { self.links.gone().into_iter().collect() } else { Default::default() };
         Observation {
             initialized,
             is_leader,
@@ -138,6 +139,7 @@ impl Autopilot {
             live_incarnations,
             raft,
             hosting,
+            gone,
             now: Instant::now(),
         }
     }

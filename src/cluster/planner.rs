@@ -74,6 +74,9 @@ pub struct Observation {
     /// The (node, incarnation) pairs that host members in the room table.
     /// Only a leader uses it, so only a leader needs to read it.
     pub hosting: BTreeSet<(String, u64)>,
+    /// Incarnations whose process is gone (their peer link broke and their
+    /// address refuses connections), whatever gossip still says.
+    pub gone: BTreeSet<(String, u64)>,
     pub now: Instant,
 }
 
@@ -245,9 +248,13 @@ impl Planner {
         );
         // Never evict an incarnation that gossip still sees alive (it came
         // back, or another process took its name) unless it is superseded.
+        // A gone process is evicted at once, before gossip notices.
+        departed.extend(observation.hosting.iter().filter(|h| observation.gone.contains(*h)).cloned());
         departed.retain(|(node, incarnation)| {
+            let key = (node.clone(), *incarnation);
             superseded(node, *incarnation)
-                || !observation.live_incarnations.contains(&(node.clone(), *incarnation))
+                || observation.gone.contains(&key)
+                || !observation.live_incarnations.contains(&key)
         });
         actions.extend(
             departed
@@ -402,6 +409,7 @@ mod tests {
             live_incarnations,
             raft: RaftMembership::default(),
             hosting: BTreeSet::new(),
+            gone: BTreeSet::new(),
             now,
         }
     }
@@ -543,6 +551,22 @@ mod tests {
         assert_eq!(planner.tick(&observation), vec![evict("node-c", 7), LEADER]);
         assert_eq!(planner.tick(&observation), vec![evict("node-c", 7), LEADER]);
         planner.evicted("node-c", 7);
+        assert_eq!(planner.tick(&observation), vec![LEADER]);
+    }
+
+    #[test]
+    fn a_member_hosting_incarnation_whose_process_is_gone_is_evicted_before_gossip_notices() {
+        let now = Instant::now();
+        let mut planner = settled();
+        let mut observation =
+            leading(now, vec![me(), node("node-b", 1), node("node-c", 7)], &[ME, "node-b", "node-c"], &[]);
+        observation.hosting.insert(("node-c".into(), 7));
+        assert_eq!(planner.tick(&observation), vec![LEADER], "gossip and the link see it alive");
+        observation.gone.insert(("node-c".into(), 7));
+        assert_eq!(planner.tick(&observation), vec![evict("node-c", 7), LEADER], "gossip still lists it");
+        // A gone incarnation hosting no member needs no eviction.
+        let mut planner = settled();
+        observation.hosting.clear();
         assert_eq!(planner.tick(&observation), vec![LEADER]);
     }
 

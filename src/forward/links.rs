@@ -135,6 +135,17 @@ impl PeerLinks {
             .is_some_and(|peer| peer.name == member.name && peer.incarnation == member.incarnation)
     }
 
+    /// Nodes of the group whose process is gone: their peer link broke and
+    /// their address now refuses connections (faster than gossip, and
+    /// never true of a paused or starved process, which keeps its socket).
+    pub fn gone(&self) -> Vec<(String, u64)> {
+        self.directory()
+            .into_iter()
+            .filter_map(|(name, addr)| self.transport.gone(&addr).filter(|peer| peer.name == name))
+            .map(|peer| (peer.name, peer.incarnation))
+            .collect()
+    }
+
     /// Records the address gossip reports for a node (and opens the link).
     pub fn set_peer(&self, name: &str, peer_addr: &str) {
         if name != self.me {

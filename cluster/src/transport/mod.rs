@@ -96,6 +96,12 @@ pub trait PeerTransport: Send + Sync + 'static {
     /// Who answered the handshake of the link to `addr`, while it is up
     /// (where links have no handshake: whoever is registered there).
     fn peer_identity(&self, addr: &str) -> Option<PeerIdentity>;
+    /// The peer that last answered at `addr`, when its link broke and the
+    /// address then refused a new connection: its process is gone. `None`
+    /// while the link is up, or could be, or where links have no state.
+    fn gone(&self, _addr: &str) -> Option<PeerIdentity> {
+        None
+    }
 }
 
 /// One outbound link as metrics see it.

@@ -57,6 +57,24 @@ impl TcpTransportConfig {
     }
 }
 
+/// Why a dial failed; `refused`: nothing listens at the address.
+struct DialError {
+    refused: bool,
+    reason: String,
+}
+
+impl From<String> for DialError {
+    fn from(reason: String) -> DialError {
+        DialError { refused: false, reason }
+    }
+}
+
+impl From<&str> for DialError {
+    fn from(reason: &str) -> DialError {
+        DialError { refused: false, reason: reason.into() }
+    }
+}
+
 /// A link's byte stream: plain TCP or TLS over TCP.
 trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerStream for T {}
@@ -84,6 +102,9 @@ struct Link {
     /// Who answered the handshake of the current connection (its name
     /// bound to its certificate when TLS is on).
     identity: Mutex<Option<PeerIdentity>>,
+    /// Who answered last, once its connection broke and the address then
+    /// refused a new connection: that process is gone (see `gone`).
+    gone: Mutex<Option<PeerIdentity>>,
 }
 
 pub struct TcpTransport {
@@ -130,6 +151,7 @@ impl TcpTransport {
             connected: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             identity: Mutex::default(),
+            gone: Mutex::default(),
         });
         links.insert(addr.to_string(), Arc::clone(&link));
         tokio::spawn(Arc::clone(self).run_link(addr.to_string(), Arc::clone(&link), queue_rx));
@@ -140,6 +162,8 @@ impl TcpTransport {
     /// fails what was pending and dials again after a backoff.
     async fn run_link(self: Arc<Self>, addr: String, link: Arc<Link>, mut queue_rx: mpsc::Receiver<Frame>) {
         let mut backoff = self.config.backoff_min;
+        // The peer of the last connection, until a new one is up.
+        let mut last: Option<PeerIdentity> = None;
         loop {
             let connected = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -151,6 +175,8 @@ impl TcpTransport {
                     backoff = self.config.backoff_min;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     debug!(peer = %addr, node = %identity.name, "peer link up");
+                    *lock(&link.gone) = None;
+                    last = Some(identity.clone());
                     *lock(&link.identity) = Some(identity);
                     link.connected.store(true, Ordering::SeqCst);
                     self.pump(stream, &link, &mut queue_rx).await;
@@ -158,7 +184,15 @@ impl TcpTransport {
                     *lock(&link.identity) = None;
                     debug!(peer = %addr, "peer link down");
                 }
-                Err(reason) => debug!(peer = %addr, %reason, "peer dial failed"),
+                Err(DialError { refused, reason }) => {
+                    debug!(peer = %addr, %reason, "peer dial failed");
+                    // The connection broke and nothing listens there any
+                    // more: the process is gone (a paused or starved
+                    // process keeps its socket; a partition times out).
+                    if refused && last.is_some() {
+                        *lock(&link.gone) = last.clone();
+                    }
+                }
             }
             for (_, waiter) in lock(&link.pending).drain() {
                 let _ = waiter.send(Err("link lost".into()));
@@ -179,12 +213,15 @@ impl TcpTransport {
         }
     }
 
-    async fn dial(&self, addr: &str) -> Result<(BoxStream, PeerIdentity), String> {
+    async fn dial(&self, addr: &str) -> Result<(BoxStream, PeerIdentity), DialError> {
         let timeout = self.config.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| DialError::from("connect timed out".to_string()))?
+            .map_err(|e| DialError {
+                refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                reason: e.to_string(),
+            })?;
         let _ = tcp.set_nodelay(true);
         let (mut stream, peer_cert): (BoxStream, _) = match &self.config.tls {
             Some(tls) => {
@@ -222,9 +259,9 @@ impl TcpTransport {
             Frame::Refused { reason } => {
                 self.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
                 warn!(peer = %addr, %reason, "peer refused the handshake");
-                Err(reason)
+                Err(reason.into())
             }
-            _ => Err("unexpected handshake answer".to_string()),
+            _ => Err("unexpected handshake answer".into()),
         }
     }
 
@@ -437,6 +474,12 @@ impl PeerTransport for Arc<TcpTransport> {
 
     fn stats(&self) -> Option<Arc<TransportStats>> {
         Some(Arc::clone(&self.stats))
+    }
+
+    fn gone(&self, addr: &str) -> Option<PeerIdentity> {
+        let link = lock(&self.links).get(addr).cloned()?;
+        let gone = lock(&link.gone).clone();
+        gone
     }
 
     fn peer_identity(&self, addr: &str) -> Option<PeerIdentity> {
