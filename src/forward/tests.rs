@@ -100,6 +100,18 @@ fn cluster(count: usize, members: usize) -> Cluster {
     cluster
 }
 
+/// A member (user `u`) on every node of `cluster`, joined to `room_name`
+/// in the same order everywhere (node-1's first: node-1 owns the room).
+async fn member_on_every_node(cluster: &Cluster, room_name: &str) -> Vec<Arc<crate::fanout::SessionEntry>> {
+    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
+    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
+    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
+    for (node, member) in cluster.nodes.iter().zip(&members) {
+        apply_everywhere(&all, node.join_command(room_name, member)).await;
+    }
+    members
+}
+
 fn draft(node: &CoreNode, user: &str, data: &str) -> Draft {
     let conn = crate::protocol::ConnId::new(crate::protocol::ConnId::tag_of(node.name, node.incarnation), 99);
     Draft {
@@ -112,12 +124,7 @@ fn draft(node: &CoreNode, user: &str, data: &str) -> Draft {
 #[tokio::test]
 async fn a_publish_on_any_node_is_sequenced_by_the_owner_and_reaches_every_member_once_in_order() {
     let cluster = cluster(3, 3);
-    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
-    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
-    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
-    for (node, member) in cluster.nodes.iter().zip(&members) {
-        apply_everywhere(&all, node.join_command("chat:x", member)).await;
-    }
+    let members = member_on_every_node(&cluster, "chat:x").await;
     for member in &members {
         frames(member).await;
     }
@@ -248,12 +255,7 @@ async fn messages(member: &crate::fanout::SessionEntry) -> Vec<String> {
 /// other one (the heir sends them again from its own history).
 async fn owner_dies_after_reaching_one_survivor(heir_lags: bool) {
     let cluster = cluster(3, 3);
-    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
-    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
-    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
-    for (node, member) in cluster.nodes.iter().zip(&members) {
-        apply_everywhere(&all, node.join_command("chat:x", member)).await;
-    }
+    let members = member_on_every_node(&cluster, "chat:x").await;
     let chat_x = room("chat:x");
     let epoch = cluster.nodes[0].hub.owner_of(&chat_x).unwrap().1;
     let publish = |i: usize, data: &str| {
@@ -314,13 +316,8 @@ async fn a_new_owner_that_missed_messages_fetches_them_and_continues_the_epoch()
 #[tokio::test]
 async fn a_new_owner_starts_a_new_epoch_when_what_a_survivor_lacks_is_held_nowhere() {
     let cluster = cluster(3, 3);
-    let all: Vec<&CoreNode> = cluster.nodes.iter().collect();
-    let encoder: Arc<dyn FrameEncoder> = Arc::new(TextEncoder::default());
     // The `plain` namespace keeps no history.
-    let members: Vec<_> = cluster.nodes.iter().map(|n| n.session("u", &encoder)).collect();
-    for (node, member) in cluster.nodes.iter().zip(&members) {
-        apply_everywhere(&all, node.join_command("plain:x", member)).await;
-    }
+    let members = member_on_every_node(&cluster, "plain:x").await;
     let room_name = room("plain:x");
     let epoch = cluster.nodes[0].hub.owner_of(&room_name).unwrap().1;
     let heir = if members[1].conn < members[2].conn { 1 } else { 2 };
