@@ -54,7 +54,7 @@ pub struct ConnectionRooms {
     /// The join proposal under way. It runs as its own task so that a
     /// connection ending mid-join can wait for it before proposing its
     /// disconnect (otherwise the two could commit in either order).
-    pending_join: Option<JoinHandle<Result<u64, ServiceError>>>,
+    pending_join: Option<JoinHandle<Result<JoinOutcome, ServiceError>>>,
     /// Rooms whose next publishes are refused until the refused one is
     /// retried (G9: a connection's publishes to a room are one queue).
     held_back: HashMap<RoomName, HeldBack>,
@@ -100,21 +100,23 @@ impl ConnectionRooms {
         }
         let (service, room_name, user, conn) =
             (Arc::clone(service), room.clone(), Arc::clone(&self.user), self.conn);
-        let task =
-            tokio::spawn(
-                async move { service.propose_join(&room_name, conn, &user, meta, max_members).await },
-            );
+        let task = tokio::spawn(async move {
+            let proposed = service.propose_join(&room_name, conn, &user, meta, max_members).await;
+            // Taken here, not by the caller: the task runs to its end even
+            // when the connection ends first, so no request is left behind.
+            let recovered = recover.is_some() && service.hub.join_recovered(conn, &room_name);
+            proposed.map(|epoch| JoinOutcome { epoch, recovered })
+        });
         let proposed = self.pending_join.insert(task).await;
         self.pending_join = None;
-        let recovered = recover.is_some() && self.service.hub.join_recovered(self.conn, room);
-        let epoch = proposed.unwrap_or_else(|_| {
+        let outcome = proposed.unwrap_or_else(|_| {
             Err(ServiceError::Unavailable(crate::replicate::ReplicateError::Unavailable(
                 "join task failed".into(),
             )))
         })?;
         self.rooms.insert(room.clone());
         self.service.metrics.joins.increment(1);
-        Ok(JoinOutcome { epoch, recovered })
+        Ok(outcome)
     }
 
     /// Leaves `room`; the member is gone from presence on every node once
