@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use super::history::{HistoryBudget, HistoryPolicy, Ring, RingChange};
+use super::idem::IdemWindow;
 use super::message::{
-    unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published, RoomMessage,
+    unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published, Publisher, RoomMessage,
 };
 use super::outbound::{OutFrame, PushError};
 use super::sessions::{SessionEntry, Sessions};
@@ -199,6 +200,9 @@ struct LocalRoom {
     takeover: Option<u64>,
     /// On the owner: the highest position another node confirmed holding.
     replicated: Option<tokio::sync::watch::Sender<Position>>,
+    /// The positions recent publish keys got (on every node, so a new
+    /// owner knows its predecessor's); created by the first key.
+    idem: Option<Box<IdemWindow>>,
 }
 
 impl LocalRoom {
@@ -215,7 +219,21 @@ impl LocalRoom {
             recency: None,
             takeover: None,
             replicated: None,
+            idem: None,
         }
+    }
+
+    /// Remembers the position of a message whose publish carried a key.
+    fn remember_key(&mut self, message: &RoomMessage, now: Instant) {
+        if let Some(Publisher { conn, idem: Some(key), .. }) = &message.publisher {
+            self.idem.get_or_insert_default().record(*conn, key, message.position, now);
+        }
+    }
+
+    /// The position an earlier publish with this draft's key got.
+    fn known_key(&mut self, draft: &Draft, now: Instant) -> Option<Position> {
+        let Some(Publisher { conn, idem: Some(key), .. }) = &draft.publisher else { return None };
+        self.idem.as_mut()?.find(*conn, key, now)
     }
 
     fn position(&self) -> Position {
@@ -483,10 +501,20 @@ impl Hub {
         if local.takeover.is_some() {
             return Err(SequenceError::TakingOver);
         }
+        if let Some(position) = local.known_key(&draft, Instant::now()) {
+            // A retry of a publish already sequenced: answered with the first
+            // result, once another node holds it (as the first was).
+            let replicated = match (&local.replicated, self.remote.get()) {
+                (Some(sender), Some(_)) if position.epoch == local.epoch => Some(sender.subscribe()),
+                _ => None,
+            };
+            return Ok(Sequenced { position, replicated });
+        }
         let offset = local.last_offset.checked_add(1).ok_or(SequenceError::OffsetsExhausted)?;
         local.last_offset = offset;
         let position = Position { epoch: local.epoch, offset };
         let message = RoomMessage::new(room.clone(), position, draft, unix_micros(published.at));
+        local.remember_key(&message, Instant::now());
         self.keep(room, &mut local, &message);
         {
             let _fanout = telemetry::fanout_span(room, local.subscribers.len()).entered();
@@ -692,6 +720,7 @@ impl Hub {
             return;
         }
         local.last_offset = message.position.offset;
+        local.remember_key(message, Instant::now());
         self.keep(&message.room, local, message);
         let _fanout = telemetry::fanout_span(&message.room, local.subscribers.len()).entered();
         let published = Published { at: published_at, cross_node: true };

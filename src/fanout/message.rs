@@ -27,6 +27,8 @@ pub struct Position {
 pub struct Publisher {
     pub user: Arc<str>,
     pub conn: ConnId,
+    /// The publish's `idem` key, if it named itself (see `fanout::idem`).
+    pub idem: Option<Arc<str>>,
 }
 
 /// What a publisher hands the core: everything of a message but its place

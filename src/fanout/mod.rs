@@ -8,6 +8,7 @@
 
 mod history;
 mod hub;
+mod idem;
 mod message;
 mod outbound;
 mod sessions;

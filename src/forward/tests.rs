@@ -115,7 +115,7 @@ async fn member_on_every_node(cluster: &Cluster, room_name: &str) -> Vec<Arc<cra
 fn draft(node: &CoreNode, user: &str, data: &str) -> Draft {
     let conn = crate::protocol::ConnId::new(crate::protocol::ConnId::tag_of(node.name, node.incarnation), 99);
     Draft {
-        publisher: Some(Publisher { user: Arc::from(user), conn }),
+        publisher: Some(Publisher { user: Arc::from(user), conn, idem: None }),
         event: None,
         data: bytes::Bytes::copy_from_slice(data.as_bytes()),
     }
@@ -227,7 +227,7 @@ fn the_borrowed_form_of_a_message_decodes_as_the_owned_form() {
     let message = RoomMessage {
         room: room("chat:x"),
         position: Position { epoch: 3, offset: 4 },
-        publisher: Some(Publisher { user: "bob".into(), conn: crate::protocol::ConnId(7) }),
+        publisher: Some(Publisher { user: "bob".into(), conn: crate::protocol::ConnId(7), idem: None }),
         event: Some("client-typing".into()),
         data: bytes::Bytes::from_static(b"{\"a\":1}"),
         published_us: 1234,
@@ -343,4 +343,42 @@ async fn a_new_owner_starts_a_new_epoch_when_what_a_survivor_lacks_is_held_nowhe
         .unwrap();
     assert!(position.epoch > epoch, "a new epoch: {position:?} after {epoch}");
     assert_eq!(position.offset, 1);
+}
+
+#[tokio::test]
+async fn a_publish_key_is_sequenced_once_even_when_retried_at_a_new_owner_after_the_first_one_died() {
+    let cluster = cluster(3, 3);
+    let members = member_on_every_node(&cluster, "plain:k").await;
+    let room_name = room("plain:k");
+    let epoch = cluster.nodes[0].hub.owner_of(&room_name).unwrap().1;
+    let heir = if members[1].conn < members[2].conn { 1 } else { 2 };
+    let keyed = |key: &str, data: &str| {
+        let mut draft = draft(&cluster.nodes[heir], "u", data);
+        draft.publisher.as_mut().unwrap().idem = Some(Arc::from(key));
+        cluster.routers[heir].publish(&room_name, draft, Instant::now())
+    };
+    let first = keyed("k-1", "once").await.unwrap();
+    assert_eq!(first, Position { epoch, offset: 1 });
+    assert_eq!(keyed("k-1", "once").await, Ok(first), "a retry gets the first result");
+    // The owner dies; the heir, which took the keyed message from it, owns the room.
+    cluster.network.unregister("mem-0");
+    let survivors = [&cluster.nodes[1], &cluster.nodes[2]];
+    let evict = crate::rooms::RoomCommand::EvictNode { node: "node-1".into(), incarnation: 0 };
+    apply_everywhere(&survivors, evict).await;
+    assert_eq!(keyed("k-1", "once").await, Ok(first), "the new owner knows the key too");
+    let next = keyed("k-2", "next").await.unwrap();
+    assert_eq!(next, Position { epoch, offset: 2 }, "a new key is sequenced after it, in the same epoch");
+    let expected = vec![format!("{epoch}:1:once"), format!("{epoch}:2:next")];
+    let mut seen = Vec::new();
+    let all_seen = async {
+        while seen.len() < expected.len() {
+            let batch = messages(&members[heir]).await;
+            if batch.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            seen.extend(batch);
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_seen).await;
+    assert_eq!(seen, expected, "the keyed message was delivered once");
 }

@@ -167,7 +167,8 @@ impl ConnectionRooms {
             }
             self.held_back.remove(room);
         }
-        let publisher = Publisher { user: Arc::clone(&self.user), conn: self.conn };
+        let publisher =
+            Publisher { user: Arc::clone(&self.user), conn: self.conn, idem: idem.map(Arc::from) };
         let draft = Draft { publisher: Some(publisher), event, data };
         let result = self.service.route(room, draft, received_at).await;
         if let Err(error) = &result {

@@ -127,7 +127,7 @@ mod tests {
         RoomMessage {
             room: RoomName::parse("chat:x").unwrap(),
             position: Position { epoch: 7, offset: 9 },
-            publisher: Some(Publisher { user: "bob".into(), conn: ConnId(2) }),
+            publisher: Some(Publisher { user: "bob".into(), conn: ConnId(2), idem: None }),
             event: None,
             data: bytes::Bytes::copy_from_slice(data),
             published_us: 0,
