@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every Rust test (unit,
 # integration with real WebSocket clients, and real-process tests), the
-# static checks of deploy/, and the JS client's tests (real nodes, a real
-# cluster, headless Chromium).
+# static checks of deploy/, the JS client's tests (real nodes, a real
+# cluster, headless Chromium), and the Pusher compatibility tests (pusher-js,
+# laravel-echo and the `pusher` server SDK against real nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,5 @@ bash deploy/check.sh
 echo "== JS client (clients/js)"
 cargo build --bin starling
 bash clients/js/test.sh
+echo "== Pusher compatibility (tests/pusher)"
+bash tests/pusher/test.sh

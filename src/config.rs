@@ -28,6 +28,58 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
     pub namespaces: Vec<NamespaceConfig>,
+    /// Pusher Channels apps (`docs/pusher.md`): clients at `/app/{key}`,
+    /// the signed HTTP API at `/apps/{id}/...`.
+    pub apps: Vec<AppConfig>,
+}
+
+/// One Pusher Channels app: its credentials and limits. Its channels live
+/// in their own room namespace, `pusher-{id}`, which nothing else reaches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app id of the HTTP API's paths (1 to 24 of a-z, 0-9, `_`, `-`).
+    pub id: String,
+    /// The key clients connect with (`/app/{key}`) and requests are signed with.
+    pub key: String,
+    /// The secret that signs channel authorisations and API requests.
+    pub secret: String,
+    /// Whether clients may send `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub enable_client_messages: bool,
+    /// Connections of this app on one node at most; absent: only
+    /// `limits.max_connections` applies.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// The largest event `data`, in bytes (Pusher's own limit is 10 KB).
+    #[serde(default = "default_app_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Client events one connection may send per second (Pusher: 10).
+    #[serde(default = "default_client_events_per_second")]
+    pub client_events_per_second: f64,
+}
+
+fn default_app_max_message_bytes() -> usize {
+    10 * 1024
+}
+
+fn default_client_events_per_second() -> f64 {
+    10.0
+}
+
+/// The prefix of every Pusher app's room namespace (`pusher-{id}`):
+/// configured namespaces may not use it.
+pub const APP_NAMESPACE_PREFIX: &str = "pusher-";
+
+/// The longest app id, so that `pusher-{id}:{channel}` fits a room name
+/// with a channel name of Pusher's maximum length (164).
+pub const MAX_APP_ID_BYTES: usize = 24;
+
+impl AppConfig {
+    /// The room namespace of the app's channels.
+    pub fn namespace(&self) -> String {
+        format!("{APP_NAMESPACE_PREFIX}{}", self.id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -579,7 +631,7 @@ impl Config {
         if self.node.name.is_empty() || self.node.name.len() > 64 {
             return Err(key_error("node.name", "must be 1 to 64 characters"));
         }
-        if self.namespaces.is_empty() {
+        if self.namespaces.is_empty() && self.apps.is_empty() {
             return Err(key_error(
                 "namespaces",
                 "no namespace is configured, so every join would be refused; add a [[namespaces]] table, e.g. name = \"chat\"",
@@ -641,7 +693,54 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_listeners()?;
-        self.validate_namespaces()
+        self.validate_namespaces()?;
+        self.validate_apps()
+    }
+
+    fn validate_apps(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = |field: &str| format!("apps[{i}].{field}");
+            let id_ok = app.id.len() <= MAX_APP_ID_BYTES && crate::protocol::is_namespace_name(&app.id);
+            if !id_ok {
+                return Err(key_error(key("id"), "must be 1 to 24 characters of a-z, 0-9, `_` or `-`"));
+            }
+            if !ids.insert(app.id.as_str()) {
+                return Err(key_error(key("id"), format!("`{}` is used by two apps", app.id)));
+            }
+            let key_ok = !app.key.is_empty()
+                && app.key.len() <= 128
+                && app.key.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?' && b != b'%');
+            if !key_ok {
+                return Err(key_error(
+                    key("key"),
+                    "must be 1 to 128 printable ASCII characters, without `/`, `?` or `%`",
+                ));
+            }
+            if !keys.insert(app.key.as_str()) {
+                return Err(key_error(key("key"), "is used by two apps"));
+            }
+            if app.secret.is_empty() {
+                return Err(key_error(key("secret"), "must not be empty"));
+            }
+            if app.max_connections == Some(0) {
+                return Err(key_error(
+                    key("max_connections"),
+                    "must be greater than 0 (remove it for no app limit)",
+                ));
+            }
+            if app.max_message_bytes == 0 || app.max_message_bytes > self.limits.max_message_bytes {
+                return Err(key_error(
+                    key("max_message_bytes"),
+                    format!("must be 1 to limits.max_message_bytes ({})", self.limits.max_message_bytes),
+                ));
+            }
+            if !(app.client_events_per_second.is_finite() && app.client_events_per_second > 0.0) {
+                return Err(key_error(key("client_events_per_second"), "must be a positive number"));
+            }
+        }
+        Ok(())
     }
 
     /// The demo page only on a loopback API listener; TLS files readable
@@ -815,6 +914,12 @@ impl Config {
             if !crate::protocol::is_namespace_name(&namespace.name) {
                 return Err(key_error(key("name"), "must be 1 to 32 characters of a-z, 0-9, `_` or `-`"));
             }
+            if namespace.name.starts_with(APP_NAMESPACE_PREFIX) {
+                return Err(key_error(
+                    key("name"),
+                    format!("names starting with `{APP_NAMESPACE_PREFIX}` are reserved for Pusher apps ([[apps]])"),
+                ));
+            }
             if !seen.insert(namespace.name.as_str()) {
                 return Err(key_error(key("name"), format!("`{}` is defined twice", namespace.name)));
             }
@@ -853,6 +958,9 @@ impl Config {
         mask(&mut masked.auth.jwt_hs256_secret);
         mask(&mut masked.auth.api_key);
         mask(&mut masked.cluster.gossip_key);
+        for app in &mut masked.apps {
+            app.secret = "********".into();
+        }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
@@ -942,15 +1050,45 @@ fn parse_env_value(raw: &str) -> toml::Value {
 #[derive(Debug, Clone)]
 pub struct NamespacePolicies {
     namespaces: std::collections::HashMap<String, NamespaceConfig>,
+    /// The namespaces of Pusher apps (`pusher-{id}`), also in `namespaces`.
+    apps: HashSet<String>,
 }
 
 impl NamespacePolicies {
-    pub fn new(namespaces: &[NamespaceConfig]) -> NamespacePolicies {
-        NamespacePolicies { namespaces: namespaces.iter().map(|n| (n.name.clone(), n.clone())).collect() }
+    /// The configured namespaces and one per Pusher app.
+    pub fn new(namespaces: &[NamespaceConfig], apps: &[AppConfig]) -> NamespacePolicies {
+        let mut policies: std::collections::HashMap<String, NamespaceConfig> =
+            namespaces.iter().map(|n| (n.name.clone(), n.clone())).collect();
+        for app in apps {
+            policies.insert(app.namespace(), app_namespace(app));
+        }
+        NamespacePolicies { namespaces: policies, apps: apps.iter().map(AppConfig::namespace).collect() }
     }
 
+    /// The policy of a namespace, configured or an app's.
     pub fn get(&self, namespace: &str) -> Option<&NamespaceConfig> {
         self.namespaces.get(namespace)
+    }
+
+    /// Whether `namespace` is a Pusher app's.
+    pub fn is_app(&self, namespace: &str) -> bool {
+        self.apps.contains(namespace)
+    }
+}
+
+/// The room policy of a Pusher app's channels: members publish (client
+/// events; who may is the Pusher adapter's check), presence is kept (per
+/// user for `presence-` channels), data up to the app's limit.
+fn app_namespace(app: &AppConfig) -> NamespaceConfig {
+    NamespaceConfig {
+        name: app.namespace(),
+        presence: true,
+        join_leave_events: true,
+        publish: PublishPolicy::Members,
+        max_members: None,
+        max_data_bytes: app.max_message_bytes,
+        history_size: 0,
+        history_ttl_ms: 0,
     }
 }
 

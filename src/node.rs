@@ -116,7 +116,7 @@ impl Node {
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let metrics_handle = telemetry::install_recorder();
         let metrics = Metrics::new(&config.node.name);
-        let namespaces = Arc::new(NamespacePolicies::new(&config.namespaces));
+        let namespaces = Arc::new(NamespacePolicies::new(&config.namespaces, &config.apps));
         let sessions = Arc::new(Sessions::default());
         let hub = Arc::new(Hub::new(
             Arc::from(config.node.name.as_str()),

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::protocol::{ConnId, RoomName};
-use crate::rooms::{Effect, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot};
+use crate::rooms::{Effect, RoomCommand, RoomCount, RoomSnapshot, RoomTable, TableSnapshot};
 
 /// Why a command was not applied or a read could not be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -375,6 +375,16 @@ impl Replicator {
             self.shared.wait_applied(index).await?;
         }
         Ok(self.snapshot(room))
+    }
+
+    /// The rooms of `namespace` with their member counts, as of a
+    /// linearizable read (see [`Replicator::presence`]).
+    pub async fn room_counts(&self, namespace: &str) -> Result<Vec<RoomCount>, ReplicateError> {
+        if let Backend::Raft { group, .. } = &self.backend {
+            let index = group.read_index().await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+            self.shared.wait_applied(index).await?;
+        }
+        Ok(self.shared.lock().table.room_counts(namespace))
     }
 
     /// A room as applied on this node now (includes every command this

@@ -65,6 +65,17 @@ impl ServiceError {
     }
 }
 
+/// The rooms a caller may reach: Starling's (the configured namespaces,
+/// for the Starling protocol and the server API) or one Pusher app's (its
+/// `pusher-{id}` namespace, for its clients and its signed API). Neither
+/// reaches the other's rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Space {
+    Starling,
+    /// A Pusher app, by its room namespace.
+    App(Arc<str>),
+}
+
 /// Who publishes: a member connection, or the server (HTTP API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOrigin {
@@ -117,11 +128,23 @@ impl RoomService {
         &self.hub
     }
 
-    /// The namespace policy of `room`.
+    /// The namespace policy of `room`, in Starling's space.
     pub fn namespace(&self, room: &RoomName) -> Result<&NamespaceConfig, ServiceError> {
+        self.namespace_in(&Space::Starling, room)
+    }
+
+    /// The namespace policy of `room` if `space` reaches it; a room of
+    /// another space is as unknown as one of no namespace at all.
+    pub fn namespace_in(&self, space: &Space, room: &RoomName) -> Result<&NamespaceConfig, ServiceError> {
+        let namespace = room.namespace();
+        let reachable = match space {
+            Space::Starling => !self.namespaces.is_app(namespace),
+            Space::App(app) => **app == *namespace,
+        };
         self.namespaces
-            .get(room.namespace())
-            .ok_or_else(|| ServiceError::UnknownNamespace(room.namespace().to_string()))
+            .get(namespace)
+            .filter(|_| reachable)
+            .ok_or_else(|| ServiceError::UnknownNamespace(namespace.to_string()))
     }
 
     /// Checks a join before it is proposed: the namespace exists, the meta
@@ -129,12 +152,13 @@ impl RoomService {
     /// counts its rooms, `already_in` says whether `room` is one of them).
     fn check_join(
         &self,
+        space: &Space,
         room: &RoomName,
         meta: &str,
         rooms_held: usize,
         already_in: bool,
     ) -> Result<Option<u32>, ServiceError> {
-        let namespace = self.namespace(room)?;
+        let namespace = self.namespace_in(space, room)?;
         let limits = &self.config.limits;
         if !already_in && rooms_held >= limits.max_rooms_per_connection {
             return Err(ServiceError::TooManyRooms { max: limits.max_rooms_per_connection });
@@ -196,7 +220,19 @@ impl RoomService {
         origin: PublishOrigin,
         received_at: Instant,
     ) -> Result<Position, ServiceError> {
-        self.check_publish(room, draft.data.len(), origin)?;
+        self.publish_in(&Space::Starling, room, draft, origin, received_at).await
+    }
+
+    /// [`RoomService::publish`] to a room of `space`.
+    pub async fn publish_in(
+        &self,
+        space: &Space,
+        room: &RoomName,
+        draft: Draft,
+        origin: PublishOrigin,
+        received_at: Instant,
+    ) -> Result<Position, ServiceError> {
+        self.check_publish_in(space, room, draft.data.len(), origin)?;
         self.route(room, draft, received_at).await
     }
 
@@ -222,7 +258,18 @@ impl RoomService {
         data_len: usize,
         origin: PublishOrigin,
     ) -> Result<(), ServiceError> {
-        let namespace = self.namespace(room)?;
+        self.check_publish_in(&Space::Starling, room, data_len, origin)
+    }
+
+    /// [`RoomService::check_publish`] in `space`.
+    pub fn check_publish_in(
+        &self,
+        space: &Space,
+        room: &RoomName,
+        data_len: usize,
+        origin: PublishOrigin,
+    ) -> Result<(), ServiceError> {
+        let namespace = self.namespace_in(space, room)?;
         if origin == PublishOrigin::Member && namespace.publish == PublishPolicy::Server {
             return Err(ServiceError::ServerPublishesOnly(room.namespace().to_string()));
         }
@@ -235,7 +282,18 @@ impl RoomService {
     /// The members of `room` as of a linearizable read (everything
     /// committed before the read started), if the namespace lists members.
     pub async fn presence(&self, room: &RoomName) -> Result<Vec<Arc<MemberRecord>>, ServiceError> {
-        self.check_presence(room)?;
+        self.presence_in(&Space::Starling, room).await
+    }
+
+    /// [`RoomService::presence`] of a room of `space`.
+    pub async fn presence_in(
+        &self,
+        space: &Space,
+        room: &RoomName,
+    ) -> Result<Vec<Arc<MemberRecord>>, ServiceError> {
+        if !self.namespace_in(space, room)?.presence {
+            return Err(ServiceError::PresenceOff(room.namespace().to_string()));
+        }
         let snapshot = self.replicator.presence(room).await?;
         Ok(snapshot.map(|s| s.members).unwrap_or_default())
     }

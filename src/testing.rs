@@ -29,7 +29,7 @@ impl FrameEncoder for TextEncoder {
 
     fn member_event(&self, _room: &RoomName, member: &MemberRecord, event: MemberEvent) -> Option<Utf8Bytes> {
         self.encodings.fetch_add(1, Ordering::Relaxed);
-        let kind = if event == MemberEvent::Joined { "joined" } else { "left" };
+        let kind = if matches!(event, MemberEvent::Joined { .. }) { "joined" } else { "left" };
         Some(format!("{kind}:{}", member.user).into())
     }
 }
@@ -41,28 +41,31 @@ pub fn room(name: &str) -> RoomName {
 /// Namespaces `chat` (history of 5 messages) and `plain` (no history),
 /// both with presence and join/leave events on.
 pub fn namespaces() -> Arc<NamespacePolicies> {
-    Arc::new(NamespacePolicies::new(&[
-        NamespaceConfig {
-            name: "chat".into(),
-            presence: true,
-            join_leave_events: true,
-            publish: PublishPolicy::Members,
-            max_members: None,
-            max_data_bytes: 1024,
-            history_size: 5,
-            history_ttl_ms: 0,
-        },
-        NamespaceConfig {
-            name: "plain".into(),
-            presence: true,
-            join_leave_events: true,
-            publish: PublishPolicy::Members,
-            max_members: None,
-            max_data_bytes: 1024,
-            history_size: 0,
-            history_ttl_ms: 0,
-        },
-    ]))
+    Arc::new(NamespacePolicies::new(
+        &[
+            NamespaceConfig {
+                name: "chat".into(),
+                presence: true,
+                join_leave_events: true,
+                publish: PublishPolicy::Members,
+                max_members: None,
+                max_data_bytes: 1024,
+                history_size: 5,
+                history_ttl_ms: 0,
+            },
+            NamespaceConfig {
+                name: "plain".into(),
+                presence: true,
+                join_leave_events: true,
+                publish: PublishPolicy::Members,
+                max_members: None,
+                max_data_bytes: 1024,
+                history_size: 0,
+                history_ttl_ms: 0,
+            },
+        ],
+        &[],
+    ))
 }
 
 /// One node's core: its hub over a local room table.

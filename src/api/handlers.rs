@@ -280,7 +280,7 @@ pub fn disconnect(state: &ApiState, body: &[u8]) -> Response {
 }
 
 /// Decodes `%XX` escapes in a path segment (room names may contain `/`, `#`, ...).
-fn percent_decode(segment: &str) -> String {
+pub(crate) fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

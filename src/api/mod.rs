@@ -7,6 +7,7 @@
 
 mod demo;
 mod handlers;
+mod pusher;
 mod server;
 
 use std::convert::Infallible;
@@ -95,6 +96,39 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(authorized)
         .and(json_body)
         .map(|state: Arc<ApiState>, body: Bytes| handlers::disconnect(&state, &body));
+    // Pusher's HTTP API: signed per app (not the API key); a batch holds
+    // up to 10 events of up to the largest app limit each.
+    let largest_app_message =
+        state.gateway.config.apps.iter().map(|a| a.max_message_bytes).max().unwrap_or(0);
+    let pusher_body_limit = (largest_app_message as u64 * 10 + 16 * 1024).max(body_limit);
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let pusher_get = warp::path("apps")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::path::tail())
+        .and(warp::path::full())
+        .and(raw_query)
+        .then(|state: Arc<ApiState>, tail: warp::path::Tail, full: warp::path::FullPath, query: String| async move {
+            pusher::serve(&state, &warp::http::Method::GET, full.as_str(), tail.as_str(), &query, &[]).await
+        });
+    let pusher_post = warp::path("apps")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::path::tail())
+        .and(warp::path::full())
+        .and(raw_query)
+        .and(warp::body::content_length_limit(pusher_body_limit))
+        .and(warp::body::bytes())
+        .then(
+            |state: Arc<ApiState>,
+             tail: warp::path::Tail,
+             full: warp::path::FullPath,
+             query: String,
+             body: Bytes| async move {
+                pusher::serve(&state, &warp::http::Method::POST, full.as_str(), tail.as_str(), &query, &body)
+                    .await
+            },
+        );
     let demo_page = warp::path::end()
         .and(warp::get())
         .and(with_state.clone())
@@ -129,6 +163,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .or(cluster)
         .unify()
         .or(disconnect)
+        .unify()
+        .or(pusher_get)
+        .unify()
+        .or(pusher_post)
         .unify()
         .or(demo_page)
         .unify()

@@ -329,14 +329,14 @@ impl Hub {
         self.namespaces.get(room.namespace()).is_some_and(|n| n.join_leave_events)
     }
 
-    fn on_joined(&self, room: &RoomName, member: &MemberRecord) {
+    fn on_joined(&self, room: &RoomName, member: &MemberRecord, first_of_user: bool) {
         let Some(local) = self.room(room) else {
             return;
         };
         let local_entry = if self.is_local(member) { self.sessions.get(member.conn) } else { None };
         let mut local = lock(&local);
         if self.events_enabled(room) && !local.subscribers.is_empty() {
-            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Joined);
+            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Joined { first_of_user });
         }
         if let Some(entry) = local_entry {
             let request = lock(&self.recoveries).get(&(member.conn, room.clone())).map(|p| p.request);
@@ -462,7 +462,7 @@ impl Hub {
         Some(HistoryPage { position, recovered, messages })
     }
 
-    fn on_left(&self, room: &RoomName, member: &MemberRecord, reason: LeaveReason) {
+    fn on_left(&self, room: &RoomName, member: &MemberRecord, reason: LeaveReason, last_of_user: bool) {
         let Some(local) = self.room(room) else {
             return;
         };
@@ -479,7 +479,7 @@ impl Hub {
             }
         }
         if self.events_enabled(room) && !local.subscribers.is_empty() {
-            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Left);
+            self.fan_out_event(&local.subscribers, room, member, MemberEvent::Left { last_of_user });
         }
     }
 
@@ -759,7 +759,9 @@ impl Hub {
         published: Published,
     ) {
         let encode = |encoder: &dyn FrameEncoder| encoder.message(message);
-        let delivered = fan_out(subscribers, &mut FrameCache::new(&encode), Some(published), &self.metrics);
+        let publisher = message.publisher.as_ref().map(|p| p.conn);
+        let frames = &mut FrameCache::new(&encode);
+        let delivered = fan_out(subscribers, frames, publisher, Some(published), &self.metrics);
         // Deliveries count room messages; presence events are not counted.
         self.metrics.deliveries.increment(delivered);
     }
@@ -772,7 +774,7 @@ impl Hub {
         event: MemberEvent,
     ) {
         let encode = |encoder: &dyn FrameEncoder| encoder.member_event(room, member, event);
-        fan_out(subscribers, &mut FrameCache::new(&encode), None, &self.metrics);
+        fan_out(subscribers, &mut FrameCache::new(&encode), None, None, &self.metrics);
     }
 
     /// Whether this node (this incarnation) sequences `room`.
@@ -826,8 +828,12 @@ impl EffectsObserver for Hub {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(room.clone(), Arc::new(Mutex::new(local)));
                 }
-                Effect::Joined { room, member, .. } => self.on_joined(room, member),
-                Effect::Left { room, member, reason } => self.on_left(room, member, *reason),
+                Effect::Joined { room, member, first_of_user, .. } => {
+                    self.on_joined(room, member, *first_of_user)
+                }
+                Effect::Left { room, member, reason, last_of_user } => {
+                    self.on_left(room, member, *reason, *last_of_user)
+                }
                 Effect::OwnerChanged { room, epoch, owner, owner_incarnation } => {
                     if let Some(local) = self.room(room) {
                         let mut local = lock(&local);
@@ -909,11 +915,15 @@ impl EffectsObserver for Hub {
 fn fan_out(
     subscribers: &[Arc<SessionEntry>],
     frames: &mut FrameCache<'_>,
+    publisher: Option<ConnId>,
     published: Option<Published>,
     metrics: &Metrics,
 ) -> u64 {
     let mut delivered = 0u64;
     for subscriber in subscribers {
+        if Some(subscriber.conn) == publisher && !subscriber.encoder.echoes_to_publisher() {
+            continue;
+        }
         let Some(text) = frames.frame_for(&subscriber.encoder) else {
             continue;
         };

@@ -96,8 +96,11 @@ pub fn instant_from_unix_micros(micros: u64) -> Instant {
 /// A presence change shown to a room's other members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberEvent {
-    Joined,
-    Left,
+    /// `first_of_user`: no other connection of the member's user is in the
+    /// room (protocols with presence per user show only these).
+    Joined { first_of_user: bool },
+    /// `last_of_user`: no other connection of the member's user is left.
+    Left { last_of_user: bool },
 }
 
 /// One client protocol's encoding of what the core fans out. An encoder
@@ -108,6 +111,11 @@ pub trait FrameEncoder: Send + Sync + 'static {
     fn message(&self, message: &RoomMessage) -> Option<Utf8Bytes>;
     /// The frame of a member joining or leaving `room`.
     fn member_event(&self, room: &RoomName, member: &MemberRecord, event: MemberEvent) -> Option<Utf8Bytes>;
+    /// Whether a message is delivered to the connection that published it
+    /// (Starling's protocol: yes; Pusher's: never).
+    fn echoes_to_publisher(&self) -> bool {
+        true
+    }
 }
 
 /// Frames already encoded for one fan-out, one per encoder met so far.

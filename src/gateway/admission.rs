@@ -8,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
 use tokio_tungstenite::tungstenite::http::{header, StatusCode};
 
+use super::pusher::PusherRequest;
 use super::Gateway;
 use crate::auth::{AuthError, Claims};
 use crate::protocol::ConnId;
@@ -26,18 +27,26 @@ pub struct Admission {
 pub enum Protocol {
     /// Starling's wire contract v1 at `/ws`, with the token's claims.
     Starling { claims: Claims },
+    /// Pusher protocol 7 at `/app/{key}`: the app of the key and the
+    /// requested protocol version, which the session checks (Pusher
+    /// refuses a bad key or version with a close code after the upgrade).
+    Pusher(PusherRequest),
 }
 
-/// The protocols by path. A second adapter adds its path here.
+/// The protocols by path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+enum Route<'a> {
     Starling,
+    Pusher { key: &'a str },
 }
 
-fn route(path: &str) -> Option<Route> {
+fn route(path: &str) -> Option<Route<'_>> {
     match path {
         "/ws" => Some(Route::Starling),
-        _ => None,
+        _ => {
+            let key = path.strip_prefix("/app/")?;
+            (!key.is_empty() && !key.contains('/')).then_some(Route::Pusher { key })
+        }
     }
 }
 
@@ -66,7 +75,7 @@ impl Rejection {
 
     pub fn into_response(self) -> ErrorResponse {
         let body = match &self {
-            Rejection::NotFound => "not found: WebSocket endpoint is /ws".to_string(),
+            Rejection::NotFound => "not found: WebSocket endpoints are /ws and /app/{key}".to_string(),
             Rejection::ForbiddenOrigin => "origin not allowed".to_string(),
             Rejection::Unauthorized(error) => error.to_string(),
             Rejection::Unavailable { reason, .. } => reason.to_string(),
@@ -98,6 +107,11 @@ impl Gateway {
                 let claims = self.verifier.verify(token).map_err(Rejection::Unauthorized)?;
                 Protocol::Starling { claims }
             }
+            Route::Pusher { key } => {
+                let app = self.pusher.by_key(key).cloned();
+                let protocol = query_param(request, "protocol").map(str::to_owned);
+                Protocol::Pusher(PusherRequest { key: key.to_owned(), app, protocol })
+            }
         };
         let permit = Arc::clone(&self.connection_permits)
             .try_acquire_owned()
@@ -119,6 +133,11 @@ fn token_of(request: &Request) -> Option<&str> {
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
         .filter(|token| !token.is_empty())
+}
+
+/// The value of query parameter `name`, as sent.
+fn query_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.uri().query()?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// The request path with the query (which may carry a token) removed, for logs.

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::admission::{redacted_path, Admission, Protocol};
 use super::pending::PendingSlot;
-use super::{deadline_after, starling, Gateway};
+use super::{deadline_after, pusher, starling, Gateway};
 
 /// Accepts client connections until `shutdown` is cancelled. Each connection
 /// runs as a task on `tracker`, so shutdown can wait for all of them. With
@@ -120,6 +120,7 @@ async fn serve_connection<S>(
                 let encoder = Arc::clone(&gateway.starling_encoder);
                 starling::run(gateway, encoder, conn, claims, sink, stream, shutdown).await;
             }
+            Protocol::Pusher(request) => pusher::run(gateway, conn, request, sink, stream, shutdown).await,
         }
         drop(permit);
     }

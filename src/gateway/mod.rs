@@ -1,6 +1,7 @@
 //! The client WebSocket gateway: listener, admission (path, Origin,
 //! authentication, capacity) before any upgrade, and one adapter per wire
-//! protocol (`starling/`) whose sessions call the room service.
+//! protocol (`starling/` at `/ws`, `pusher/` at `/app/{key}`) whose
+//! sessions call the room service.
 //!
 //! The gateway owns connections and what they are allowed to do. It must not
 //! change room membership or decide room policy itself: both are the room
@@ -10,6 +11,7 @@ mod admission;
 mod limits;
 mod listener;
 mod pending;
+pub mod pusher;
 pub mod starling;
 mod writer;
 
@@ -43,6 +45,8 @@ pub struct Gateway {
     pub service: Arc<RoomService>,
     /// The Starling protocol's frames, shared by its sessions.
     starling_encoder: Arc<dyn FrameEncoder>,
+    /// The Pusher apps of `[[apps]]` and their protocol's encoder.
+    pub pusher: Arc<pusher::PusherApps>,
     /// One permit per open connection (`limits.max_connections`).
     connection_permits: Arc<Semaphore>,
     /// One permit per TCP connection still in its handshake.
@@ -81,6 +85,7 @@ impl Gateway {
             sessions: parts.sessions,
             service: parts.service,
             starling_encoder: Arc::new(starling::StarlingEncoder),
+            pusher: Arc::new(pusher::PusherApps::new(&config.apps)),
             metrics: parts.metrics,
             config,
         }

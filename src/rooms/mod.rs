@@ -11,5 +11,6 @@
 mod table;
 
 pub use table::{
-    Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomSnapshot, RoomTable, TableSnapshot,
+    Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomCount, RoomSnapshot, RoomTable,
+    TableSnapshot,
 };

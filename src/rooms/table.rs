@@ -113,6 +113,9 @@ pub enum Effect {
         room: RoomName,
         epoch: u64,
         member: Arc<MemberRecord>,
+        /// Whether no other connection of the member's user was in the
+        /// room (presence per user: Pusher's `member_added`).
+        first_of_user: bool,
     },
     /// The connection was already a member; nothing changed.
     AlreadyJoined {
@@ -129,6 +132,9 @@ pub enum Effect {
         room: RoomName,
         member: Arc<MemberRecord>,
         reason: LeaveReason,
+        /// Whether no other connection of the member's user is left in the
+        /// room (Pusher's `member_removed`).
+        last_of_user: bool,
     },
     /// A leave for a connection that was not a member; nothing changed.
     NotMember {
@@ -159,12 +165,47 @@ struct Room {
     /// incarnation's rooms.
     owner_incarnation: u64,
     members: BTreeMap<ConnId, Arc<MemberRecord>>,
+    /// Connections per user among `members` (derived: rebuilt from them
+    /// when a snapshot is loaded, so snapshots do not carry it).
+    #[serde(skip)]
+    users: HashMap<Arc<str>, u32>,
+}
+
+impl Room {
+    /// Adds one connection of `user`; returns whether it is the user's first.
+    fn add_user(&mut self, user: &Arc<str>) -> bool {
+        let count = self.users.entry(Arc::clone(user)).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Removes one connection of `user`; returns whether it was the last.
+    fn remove_user(&mut self, user: &str) -> bool {
+        match self.users.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                self.users.remove(user);
+                true
+            }
+        }
+    }
 }
 
 /// The whole table in a serializable form (see [`RoomTable::to_snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSnapshot {
     rooms: Vec<(RoomName, Room)>,
+}
+
+/// How many members (connections) and distinct users a room has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCount {
+    pub room: RoomName,
+    pub connections: usize,
+    pub users: usize,
 }
 
 /// A consistent copy of one room, for presence reads.
@@ -253,12 +294,14 @@ impl RoomTable {
                 owner: member.node.clone(),
                 owner_incarnation: member.incarnation,
                 members: BTreeMap::new(),
+                users: HashMap::new(),
             }
         });
         let member = Arc::new(member);
+        let first_of_user = entry.add_user(&member.user);
         entry.members.insert(conn, member.clone());
         self.rooms_by_conn.entry(conn).or_default().push(room.clone());
-        effects.push(Effect::Joined { room, epoch: entry.epoch, member });
+        effects.push(Effect::Joined { room, epoch: entry.epoch, member, first_of_user });
     }
 
     /// Removes one member; returns false when it was not a member.
@@ -281,7 +324,8 @@ impl RoomTable {
                 self.rooms_by_conn.remove(&conn);
             }
         }
-        effects.push(Effect::Left { room: room_name.clone(), member, reason });
+        let last_of_user = room.remove_user(&member.user);
+        effects.push(Effect::Left { room: room_name.clone(), member, reason, last_of_user });
         if room.members.is_empty() {
             self.rooms.remove(room_name);
             effects.push(Effect::RoomClosed { room: room_name.clone() });
@@ -353,9 +397,12 @@ impl RoomTable {
     /// Rebuilds a table from [`RoomTable::to_snapshot`].
     pub fn from_snapshot(snapshot: TableSnapshot) -> RoomTable {
         let mut table = RoomTable::new();
-        for (name, room) in snapshot.rooms {
-            for conn in room.members.keys() {
+        for (name, mut room) in snapshot.rooms {
+            // Counted afresh: a snapshot that never left memory still has them.
+            room.users.clear();
+            for (conn, member) in &room.members {
                 table.rooms_by_conn.entry(*conn).or_default().push(name.clone());
+                room.users.entry(Arc::clone(&member.user)).and_modify(|n| *n += 1).or_insert(1);
             }
             table.rooms.insert(name, room);
         }
@@ -376,6 +423,23 @@ impl RoomTable {
     }
 
     /// Every room's name (for rebuilding a mirror after a snapshot restore).
+    /// The rooms of `namespace` with their connection and user counts,
+    /// sorted by name.
+    pub fn room_counts(&self, namespace: &str) -> Vec<RoomCount> {
+        let mut counts: Vec<RoomCount> = self
+            .rooms
+            .iter()
+            .filter(|(name, _)| name.namespace() == namespace)
+            .map(|(name, room)| RoomCount {
+                room: name.clone(),
+                connections: room.members.len(),
+                users: room.users.len(),
+            })
+            .collect();
+        counts.sort_by(|a, b| a.room.cmp(&b.room));
+        counts
+    }
+
     pub fn room_names(&self) -> Vec<RoomName> {
         self.rooms.keys().cloned().collect()
     }
@@ -438,13 +502,23 @@ mod tests {
                     owner: "n1".into(),
                     owner_incarnation: 7
                 },
-                Effect::Joined { room: room("chat:a"), epoch: 10, member: Arc::new(alice) },
+                Effect::Joined {
+                    room: room("chat:a"),
+                    epoch: 10,
+                    member: Arc::new(alice),
+                    first_of_user: true
+                },
             ]
         );
         let bob = member("bob", 2, "n2", 1);
         assert_eq!(
             table.apply(11, join("chat:a", bob.clone())),
-            vec![Effect::Joined { room: room("chat:a"), epoch: 10, member: Arc::new(bob) }]
+            vec![Effect::Joined {
+                room: room("chat:a"),
+                epoch: 10,
+                member: Arc::new(bob),
+                first_of_user: true
+            }]
         );
         let snapshot = table.snapshot(&room("chat:a")).unwrap();
         assert_eq!(snapshot.owner.as_ref(), "n1");
@@ -487,6 +561,39 @@ mod tests {
         assert!(!table.is_member(&room("chat:a"), ConnId(2)));
     }
 
+    /// Presence per user: a user's first connection is `first_of_user`, the
+    /// last one to leave is `last_of_user`, whatever order they go in, and
+    /// a table rebuilt from a snapshot counts the same.
+    #[test]
+    fn a_users_first_join_and_last_leave_are_marked_once() {
+        let first_of = |effects: Vec<Effect>| {
+            effects.into_iter().find_map(|e| match e {
+                Effect::Joined { first_of_user, .. } => Some(first_of_user),
+                _ => None,
+            })
+        };
+        let last_of = |effects: Vec<Effect>| {
+            effects.into_iter().find_map(|e| match e {
+                Effect::Left { last_of_user, .. } => Some(last_of_user),
+                _ => None,
+            })
+        };
+        let mut table = RoomTable::new();
+        assert_eq!(first_of(table.apply(1, join("chat:a", member("alice", 1, "n1", 1)))), Some(true));
+        assert_eq!(first_of(table.apply(2, join("chat:a", member("alice", 2, "n2", 1)))), Some(false));
+        assert_eq!(first_of(table.apply(3, join("chat:a", member("bob", 3, "n2", 1)))), Some(true));
+        let mut table = RoomTable::from_snapshot(table.to_snapshot());
+        assert_eq!(last_of(table.apply(4, RoomCommand::ConnGone { conn: ConnId(1) })), Some(false));
+        assert_eq!(first_of(table.apply(5, join("chat:a", member("alice", 4, "n1", 1)))), Some(false));
+        assert_eq!(
+            last_of(table.apply(6, RoomCommand::EvictNode { node: "n2".into(), incarnation: 1 })),
+            Some(false)
+        );
+        let effects = table.apply(7, RoomCommand::Leave { room: room("chat:a"), conn: ConnId(4) });
+        assert_eq!(last_of(effects), Some(true));
+        assert_eq!(table.room_count(), 0);
+    }
+
     #[test]
     fn last_leave_closes_the_room_and_a_new_join_gets_a_new_epoch() {
         let mut table = RoomTable::new();
@@ -498,7 +605,8 @@ mod tests {
                 Effect::Left {
                     room: room("chat:a"),
                     member: Arc::new(alice.clone()),
-                    reason: LeaveReason::Left
+                    reason: LeaveReason::Left,
+                    last_of_user: true
                 },
                 Effect::RoomClosed { room: room("chat:a") },
             ]
@@ -569,12 +677,14 @@ mod tests {
                 Effect::Left {
                     room: room("chat:a"),
                     member: Arc::new(member("alice", 5, "n1", 3)),
-                    reason: LeaveReason::NodeEvicted
+                    reason: LeaveReason::NodeEvicted,
+                    last_of_user: true
                 },
                 Effect::Left {
                     room: room("chat:b"),
                     member: Arc::new(member("carol", 6, "n1", 3)),
-                    reason: LeaveReason::NodeEvicted
+                    reason: LeaveReason::NodeEvicted,
+                    last_of_user: true
                 },
                 Effect::RoomClosed { room: room("chat:b") },
                 // chat:a was owned by (n1, 3): it moves to the lowest

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::{PublishOrigin, RoomService, ServiceError};
+use super::{PublishOrigin, RoomService, ServiceError, Space};
 use crate::fanout::{Draft, Position, Publisher, Recover};
 use crate::protocol::{ConnId, RoomName};
 use crate::rooms::RoomCommand;
@@ -44,10 +44,14 @@ struct HeldBack {
 /// The rooms of one connection.
 pub struct ConnectionRooms {
     service: Arc<RoomService>,
+    /// The rooms this connection may reach.
+    space: Space,
     conn: ConnId,
     user: Arc<str>,
     /// Rooms this connection is in, as confirmed by applied joins.
     rooms: HashSet<RoomName>,
+    /// The rooms it joined as another user than its own (`join_as`).
+    room_users: HashMap<RoomName, Arc<str>>,
     /// Whether a join was ever proposed (it may have committed even if the
     /// connection ended before its reply).
     proposed_join: bool,
@@ -61,12 +65,25 @@ pub struct ConnectionRooms {
 }
 
 impl ConnectionRooms {
+    /// The rooms of a connection in Starling's space.
     pub fn new(service: Arc<RoomService>, conn: ConnId, user: Arc<str>) -> ConnectionRooms {
+        ConnectionRooms::in_space(service, Space::Starling, conn, user)
+    }
+
+    /// The rooms of a connection that reaches `space`'s rooms only.
+    pub fn in_space(
+        service: Arc<RoomService>,
+        space: Space,
+        conn: ConnId,
+        user: Arc<str>,
+    ) -> ConnectionRooms {
         ConnectionRooms {
             service,
+            space,
             conn,
             user,
             rooms: HashSet::new(),
+            room_users: HashMap::new(),
             proposed_join: false,
             pending_join: None,
             held_back: HashMap::new(),
@@ -92,14 +109,28 @@ impl ConnectionRooms {
         meta: String,
         recover: Option<Recover>,
     ) -> Result<JoinOutcome, ServiceError> {
+        let user = Arc::clone(&self.user);
+        self.join_as(room, user, meta, recover).await
+    }
+
+    /// [`ConnectionRooms::join`] as a member of `user` rather than the
+    /// connection's own user (Pusher presence: the channel's `user_id`).
+    pub async fn join_as(
+        &mut self,
+        room: &RoomName,
+        user: Arc<str>,
+        meta: String,
+        recover: Option<Recover>,
+    ) -> Result<JoinOutcome, ServiceError> {
         let service = &self.service;
-        let max_members = service.check_join(room, &meta, self.rooms.len(), self.rooms.contains(room))?;
+        let (held, already_in) = (self.rooms.len(), self.rooms.contains(room));
+        let max_members = service.check_join(&self.space, room, &meta, held, already_in)?;
         self.proposed_join = true;
         if let Some(request) = recover {
             service.hub.expect_join(self.conn, room, request);
         }
-        let (service, room_name, user, conn) =
-            (Arc::clone(service), room.clone(), Arc::clone(&self.user), self.conn);
+        let (service, room_name, conn) = (Arc::clone(service), room.clone(), self.conn);
+        let member_user = Arc::clone(&user);
         let task = tokio::spawn(async move {
             let proposed = service.propose_join(&room_name, conn, &user, meta, max_members).await;
             // Taken here, not by the caller: the task runs to its end even
@@ -115,6 +146,9 @@ impl ConnectionRooms {
             )))
         })?;
         self.rooms.insert(room.clone());
+        if member_user != self.user {
+            self.room_users.insert(room.clone(), member_user);
+        }
         self.service.metrics.joins.increment(1);
         Ok(outcome)
     }
@@ -128,6 +162,7 @@ impl ConnectionRooms {
         let command = RoomCommand::Leave { room: room.clone(), conn: self.conn };
         self.service.replicator.propose(command).await?;
         self.rooms.remove(room);
+        self.room_users.remove(room);
         self.held_back.remove(room);
         self.service.metrics.leaves.increment(1);
         Ok(())
@@ -137,7 +172,7 @@ impl ConnectionRooms {
     /// namespace lets members publish, the data fits, and the connection is
     /// in the room.
     pub fn check_publish(&self, room: &RoomName, data_len: usize) -> Result<(), ServiceError> {
-        self.service.check_publish(room, data_len, PublishOrigin::Member)?;
+        self.service.check_publish_in(&self.space, room, data_len, PublishOrigin::Member)?;
         if !self.rooms.contains(room) {
             return Err(ServiceError::NotJoined);
         }
@@ -167,8 +202,8 @@ impl ConnectionRooms {
             }
             self.held_back.remove(room);
         }
-        let publisher =
-            Publisher { user: Arc::clone(&self.user), conn: self.conn, idem: idem.map(Arc::from) };
+        let user = Arc::clone(self.room_users.get(room).unwrap_or(&self.user));
+        let publisher = Publisher { user, conn: self.conn, idem: idem.map(Arc::from) };
         let draft = Draft { publisher: Some(publisher), event, data };
         let result = self.service.route(room, draft, received_at).await;
         if let Err(error) = &result {

@@ -111,7 +111,7 @@ key = "${join(certs, `${name}.key`)}"
 `;
 }
 
-function configToml({ name, dataDir, ports, seeds, heartbeatMs, certs }) {
+function configToml({ name, dataDir, ports, seeds, heartbeatMs, certs, extraConfig }) {
   const at = (port) => `"127.0.0.1:${port}"`;
   return `[node]
 name = "${name}"
@@ -145,7 +145,7 @@ history_size = 200
 
 [[namespaces]]
 name = "nohistory"
-`;
+${extraConfig}`;
 }
 
 class NodeProcess {
@@ -188,7 +188,7 @@ class NodeProcess {
 }
 
 /** Starts `size` nodes (1 = single node; 3 = a cluster) and waits until they serve. */
-export async function startNodes(size, { heartbeatMs = 25000 } = {}) {
+export async function startNodes(size, { heartbeatMs = 25000, extraConfig = "" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "starling-js-"));
   const ports = await freePorts(size);
   const seeds = size > 1 ? ports.map((p) => p.gossip) : null;
@@ -196,7 +196,7 @@ export async function startNodes(size, { heartbeatMs = 25000 } = {}) {
   const specs = ports.map((p, i) => {
     const name = `node-${i + 1}`;
     const configPath = join(dir, `${name}.toml`);
-    writeFileSync(configPath, configToml({ name, dataDir: join(dir, name), ports: p, seeds, heartbeatMs, certs }));
+    writeFileSync(configPath, configToml({ name, dataDir: join(dir, name), ports: p, seeds, heartbeatMs, certs, extraConfig }));
     return { name, ports: p, configPath };
   });
   const nodes = specs.map((spec) => new NodeProcess(spec));

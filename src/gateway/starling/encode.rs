@@ -34,8 +34,8 @@ impl FrameEncoder for StarlingEncoder {
 
     fn member_event(&self, room: &RoomName, member: &MemberRecord, event: MemberEvent) -> Option<Utf8Bytes> {
         let text = match event {
-            MemberEvent::Joined => protocol::encode_event_joined(room.as_str(), wire_member(member)),
-            MemberEvent::Left => protocol::encode_event_left(room.as_str(), wire_member(member)),
+            MemberEvent::Joined { .. } => protocol::encode_event_joined(room.as_str(), wire_member(member)),
+            MemberEvent::Left { .. } => protocol::encode_event_left(room.as_str(), wire_member(member)),
         };
         Some(Utf8Bytes::from(text))
     }

@@ -54,7 +54,7 @@ fn gateway() -> Arc<Gateway> {
     let config = Arc::new(config);
     let metrics = crate::telemetry::Metrics::new("dev");
     let sessions = Arc::new(Sessions::default());
-    let namespaces = Arc::new(NamespacePolicies::new(&config.namespaces));
+    let namespaces = Arc::new(NamespacePolicies::new(&config.namespaces, &config.apps));
     let hub = Arc::new(Hub::new(
         Arc::from("dev"),
         1,
