@@ -1,6 +1,7 @@
 // Pusher Channels compatibility on a 3-node cluster (real processes):
 // events cross nodes, presence is per user across the whole cluster, and a
-// node's death removes its users with member_removed on the survivors.
+// node's death removes its users with member_removed on the survivors,
+// and pusher-js reconnects to a node that comes back.
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -25,7 +26,7 @@ after(async () => {
   await cluster?.stop();
 });
 
-test("presence is per user across nodes, events cross nodes, and a killed node's users are removed once", async () => {
+test("presence is per user across nodes, events cross nodes, a killed node's users are removed once, and pusher-js reconnects", async () => {
   const [n1, n2, n3] = cluster.nodes;
   const sdk = serverSdk(n1);
 
@@ -64,10 +65,21 @@ test("presence is per user across nodes, events cross nodes, and a killed node's
   await marker;
   assert.equal(removed.length, 0, "ada keeps a connection on node 2");
 
-  // kill -9 node 2 too: ada's last connection is gone (node 1 alone has no
-  // quorum, so bring node 3 back first).
+  // Node 3 comes back: pusher-js on it reconnects and subscribes again by
+  // itself, and gets events again; ada never left, so no member_added.
   await cluster.restart(2);
   await cluster.leader();
+  await eventually("ada's client to resubscribe on node 3", async () => (await users()).subscription_count === 3, 20000);
+  const back = next(channelThree, "marker", "an event on the reconnected client");
+  const watcherMarker = next(watched, "marker");
+  await sdk.trigger("presence-team", "marker", { tag: "reconnected" });
+  assert.deepEqual(await back, { tag: "reconnected" });
+  await watcherMarker;
+  assert.equal(added.length, 1, "ada was never gone");
+
+  // Ada closes the node 3 client; then node 2, her last connection, dies.
+  onThree.disconnect();
+  await eventually("ada's node 3 client to leave", async () => (await users()).subscription_count === 2);
   const gone = next(watched, "pusher:member_removed", "member_removed for ada");
   await n2.kill();
   assert.deepEqual(await gone, { id: "ada", info: { name: "Ada" } });
