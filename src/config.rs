@@ -57,6 +57,36 @@ pub struct AppConfig {
     /// Client events one connection may send per second (Pusher: 10).
     #[serde(default = "default_client_events_per_second")]
     pub client_events_per_second: f64,
+    /// How long a webhook request is retried (with backoff) before its
+    /// events are given up and counted as failed.
+    #[serde(default = "default_webhook_deadline_ms")]
+    pub webhook_deadline_ms: u64,
+    /// Where the app's events are POSTed (`[[apps.webhooks]]`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook receiver of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// The events it receives: any of [`WEBHOOK_EVENTS`]; absent: all.
+    #[serde(default = "all_webhook_events")]
+    pub events: Vec<String>,
+}
+
+/// The webhook events Starling sends, by Pusher's names.
+pub const WEBHOOK_EVENTS: [&str; 6] =
+    ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss"];
+
+fn all_webhook_events() -> Vec<String> {
+    WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect()
+}
+
+fn default_webhook_deadline_ms() -> u64 {
+    5 * 60 * 1000
 }
 
 fn default_app_max_message_bytes() -> usize {
@@ -739,6 +769,23 @@ impl Config {
             if !(app.client_events_per_second.is_finite() && app.client_events_per_second > 0.0) {
                 return Err(key_error(key("client_events_per_second"), "must be a positive number"));
             }
+            if app.webhook_deadline_ms == 0 {
+                return Err(key_error(key("webhook_deadline_ms"), "must be greater than 0"));
+            }
+            for (w, hook) in app.webhooks.iter().enumerate() {
+                let key = |field: &str| format!("apps[{i}].webhooks[{w}].{field}");
+                let url_ok = (hook.url.starts_with("http://") || hook.url.starts_with("https://"))
+                    && hook.url.parse::<warp::http::Uri>().is_ok_and(|uri| uri.host().is_some());
+                if !url_ok {
+                    return Err(key_error(key("url"), "must be an http:// or https:// URL with a host"));
+                }
+                if let Some(unknown) = hook.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
+                    return Err(key_error(
+                        key("events"),
+                        format!("`{unknown}` is not one of {}", WEBHOOK_EVENTS.join(", ")),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1371,6 +1418,26 @@ mod tests {
     fn a_toml_syntax_error_says_where() {
         let error = load_exactly("[node]\nname = \"n\"\nport = = 3\n", &[]).unwrap_err().to_string();
         assert!(error.contains("is not valid TOML at line 3, column 8: "), "{error}");
+    }
+
+    #[test]
+    fn app_webhooks_need_an_http_url_and_known_events_and_default_to_every_event() {
+        let app = "[[apps]]\nid = \"a1\"\nkey = \"k1\"\nsecret = \"s1\"\n";
+        let config = load(&format!("{app}[[apps.webhooks]]\nurl = \"http://127.0.0.1:9/h\"\n"), &[]).unwrap();
+        assert_eq!(config.apps[0].webhooks[0].events.len(), WEBHOOK_EVENTS.len());
+        assert_eq!(config.apps[0].webhook_deadline_ms, 300_000);
+        let error = load(&format!("{app}[[apps.webhooks]]\nurl = \"ftp://x/h\"\n"), &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "config key `apps[0].webhooks[0].url`: must be an http:// or https:// URL with a host"
+        );
+        let hook =
+            "[[apps.webhooks]]\nurl = \"https://hooks.example/p\"\nevents = [\"member_added\", \"joined\"]\n";
+        let error = load(&format!("{app}{hook}"), &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("config key `apps[0].webhooks[0].events`: `joined` is not one of"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`cluster`]: gossip, Raft and peer links for a node, and the autopilot.
 //! - [`gateway`]: client WebSocket listener, admission, one adapter per wire
 //!   protocol (`gateway::starling`).
+//! - [`webhooks`]: Pusher webhooks, each event sent by exactly one node.
 //! - [`api`]: HTTP server API, health, readiness, metrics, demo page.
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
 //! - [`telemetry`]: logging and metrics.
@@ -25,7 +26,8 @@
 //! Dependencies point one way (`tests/module_graph.rs` checks it):
 //! `node` -> `gateway`, `api` -> `service` -> `forward` -> `fanout` ->
 //! `replicate` -> `rooms` -> `protocol`; `cluster` wires `forward`,
-//! `fanout` and `replicate` to the `starling-cluster` crate; `protocol`,
+//! `fanout` and `replicate` to the `starling-cluster` crate; `gateway` ->
+//! `webhooks` -> `replicate`; `protocol`,
 //! `rooms` and `config` do no I/O.
 
 #![forbid(unsafe_code)]
@@ -47,6 +49,7 @@ pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::Config;
 pub use node::{Node, NodeStats};

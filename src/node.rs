@@ -156,6 +156,7 @@ impl Node {
             service,
             metrics,
         }));
+        gateway.pusher.webhooks.start(Arc::clone(&replicator), stop_all.clone(), &background);
         if let Some(runtime) = &cluster {
             let sessions = Arc::clone(&gateway.sessions);
             let autopilot = Autopilot {

@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::protocol::{ConnId, RoomName};
-use crate::rooms::{Effect, RoomCommand, RoomCount, RoomSnapshot, RoomTable, TableSnapshot};
+use crate::rooms::{
+    Effect, LegacyTableSnapshot, PendingHook, RoomCommand, RoomCount, RoomSnapshot, RoomTable, TableSnapshot,
+};
 
 /// Why a command was not applied or a read could not be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +193,10 @@ impl ProposalValidator for CommandValidator {
                 RoomCommand::EvictNode { node, incarnation } => {
                     **node == *peer.name && *incarnation < peer.incarnation
                 }
+                // A webhook sender that lost the leadership after it
+                // delivered still reports it (refusing would only make
+                // the next leader send the events twice).
+                RoomCommand::HooksDelivered { .. } => true,
             };
             if !allowed {
                 return Err(format!("node {} may not propose {command:?}", peer.name));
@@ -229,7 +235,14 @@ impl Applier for TableApplier {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let (index, table): (u64, TableSnapshot) = codec::decode(snapshot).map_err(|e| e.to_string())?;
+        let (index, table) = codec::decode::<(u64, TableSnapshot)>(snapshot)
+            .or_else(|error| {
+                // A snapshot written before the webhook outbox existed.
+                codec::decode::<(u64, LegacyTableSnapshot)>(snapshot)
+                    .map(|(index, legacy)| (index, legacy.into()))
+                    .map_err(|_| error)
+            })
+            .map_err(|e| e.to_string())?;
         let mut state = self.0.lock();
         state.table = RoomTable::from_snapshot(table);
         state.last_index = index;
@@ -415,6 +428,51 @@ impl Replicator {
         }
     }
 
+    /// Up to `max` webhook events of the app namespace `app` with ids above
+    /// `after`, as applied here.
+    pub fn pending_hooks(&self, app: &str, after: u64, max: usize) -> Vec<PendingHook> {
+        self.shared.lock().table.outbox().pending(app, after, max)
+    }
+
+    /// How many webhook events `app` has waiting, and how many any app
+    /// dropped because its outbox was full.
+    pub fn hook_counts(&self, app: &str) -> (usize, u64) {
+        let state = self.shared.lock();
+        (state.table.outbox().len(app), state.table.outbox().dropped())
+    }
+
+    /// A receiver of the applied index, to wait for new commands.
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    /// Whether this node is the one that sends the cluster's webhooks: a
+    /// single node always; in a cluster, the Raft leader as it knows it.
+    pub fn is_leader(&self) -> bool {
+        match &self.backend {
+            Backend::Local => true,
+            Backend::Raft { group, .. } => group.is_leader(),
+        }
+    }
+
+    /// Confirms with a quorum that this node is still the leader (a
+    /// deposed leader that has not heard of its successor yet fails).
+    pub async fn confirm_leader(&self) -> Result<(), ReplicateError> {
+        let Backend::Raft { group, .. } = &self.backend else {
+            return Ok(());
+        };
+        let not_leader = || ReplicateError::Unavailable("this node is not the leader".into());
+        if !group.is_leader() {
+            return Err(not_leader());
+        }
+        group.read_index().await.map_err(|e| ReplicateError::Unavailable(e.to_string()))?;
+        if group.is_leader() {
+            Ok(())
+        } else {
+            Err(not_leader())
+        }
+    }
+
     /// Whether this node can change room state now: a single node always;
     /// a cluster member when its group has a leader.
     pub fn is_ready(&self) -> bool {
@@ -462,6 +520,31 @@ mod tests {
 
     fn peer(name: &str, incarnation: u64) -> PeerIdentity {
         PeerIdentity { name: name.into(), incarnation }
+    }
+
+    #[test]
+    fn the_webhook_outbox_travels_in_snapshots_and_a_pre_outbox_snapshot_still_loads() {
+        let mut applier = applier();
+        let mut command = join("a", "node-1", 7, "{}");
+        if let RoomCommand::Join { room, .. } = &mut command {
+            *room = RoomName::parse("pusher-app:presence-x").unwrap();
+        }
+        applier.apply(1, &codec::encode(&vec![command]).unwrap());
+        let outbox = |applier: &TableApplier| applier.0.lock().table.outbox().pending("pusher-app", 0, 10);
+        assert_eq!(outbox(&applier).len(), 2, "channel_occupied and member_added");
+        let mut restored = self::applier();
+        restored.restore(&applier.snapshot()).unwrap();
+        assert_eq!(outbox(&restored), outbox(&applier));
+        let delivered = RoomCommand::HooksDelivered { app: "pusher-app".into(), up_to: 2 };
+        restored.apply(2, &codec::encode(&vec![delivered]).unwrap());
+        assert!(outbox(&restored).is_empty());
+
+        // A snapshot of peer protocol 6: (index, rooms) with no outbox.
+        let legacy = codec::encode(&(5u64, Vec::<u8>::new())).unwrap();
+        let mut old = self::applier();
+        old.restore(&legacy).unwrap();
+        assert_eq!(old.0.applied_index(), 5);
+        assert!(old.restore(b"\x05garbage").is_err());
     }
 
     #[test]

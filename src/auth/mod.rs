@@ -13,6 +13,16 @@ pub use glob::glob_match;
 pub use jwt::{algorithms_for, mint_token, sign_claims, AuthError, Claims, JwtVerifier, MintRequest};
 pub use origin::OriginPolicy;
 
+/// `hex(HMAC-SHA256(secret, text))`: Pusher's signature of channel
+/// authorisations, API requests and webhooks.
+pub fn hmac_sha256_hex(secret: &str, text: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(text.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Compares an offered API key with the configured one in constant time.
 pub fn api_key_matches(offered: &str, expected: &str) -> bool {
     let (a, b) = (offered.as_bytes(), expected.as_bytes());

@@ -85,7 +85,7 @@ impl Gateway {
             sessions: parts.sessions,
             service: parts.service,
             starling_encoder: Arc::new(starling::StarlingEncoder),
-            pusher: Arc::new(pusher::PusherApps::new(&config.apps)),
+            pusher: Arc::new(pusher::PusherApps::new(&config.node.name, &config.apps)),
             metrics: parts.metrics,
             config,
         }

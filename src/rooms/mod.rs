@@ -8,9 +8,11 @@
 //! must not touch sockets, clocks, tasks or configuration files: everything
 //! it needs arrives inside the command.
 
+mod outbox;
 mod table;
 
+pub use outbox::{HookKind, HookOutbox, PendingHook, MAX_PENDING_PER_APP};
 pub use table::{
-    Effect, LeaveReason, MemberRecord, Rejection, RoomCommand, RoomCount, RoomSnapshot, RoomTable,
-    TableSnapshot,
+    Effect, LeaveReason, LegacyTableSnapshot, MemberRecord, Rejection, RoomCommand, RoomCount, RoomSnapshot,
+    RoomTable, TableSnapshot,
 };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::outbox::HookOutbox;
 use crate::protocol::{ConnId, RoomName};
 
 /// One member of one room: a connection of a user on a node incarnation.
@@ -44,6 +45,12 @@ pub enum RoomCommand {
         node: Arc<str>,
         incarnation: u64,
     },
+    /// A webhook sender delivered (or gave up on) every event of the app
+    /// namespace `app` up to id `up_to`: the outbox forgets them.
+    HooksDelivered {
+        app: Arc<str>,
+        up_to: u64,
+    },
 }
 
 /// The most bytes of a member's user id, node name and meta that a command
@@ -74,9 +81,13 @@ impl RoomCommand {
             RoomCommand::EvictNode { node, .. } if node.is_empty() || node.len() > MAX_NODE_BYTES => {
                 Err("node name is empty or too long")
             }
-            RoomCommand::Leave { .. } | RoomCommand::ConnGone { .. } | RoomCommand::EvictNode { .. } => {
-                Ok(())
+            RoomCommand::HooksDelivered { app, .. } if app.is_empty() || app.len() > MAX_NODE_BYTES => {
+                Err("webhook app namespace is empty or too long")
             }
+            RoomCommand::Leave { .. }
+            | RoomCommand::ConnGone { .. }
+            | RoomCommand::EvictNode { .. }
+            | RoomCommand::HooksDelivered { .. } => Ok(()),
         }
     }
 }
@@ -198,6 +209,20 @@ impl Room {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSnapshot {
     rooms: Vec<(RoomName, Room)>,
+    outbox: HookOutbox,
+}
+
+/// A snapshot as nodes before the webhook outbox wrote it (peer protocol
+/// 6): read so that a node upgraded in place can load its own snapshot.
+#[derive(Debug, Deserialize)]
+pub struct LegacyTableSnapshot {
+    rooms: Vec<(RoomName, Room)>,
+}
+
+impl From<LegacyTableSnapshot> for TableSnapshot {
+    fn from(legacy: LegacyTableSnapshot) -> TableSnapshot {
+        TableSnapshot { rooms: legacy.rooms, outbox: HookOutbox::default() }
+    }
 }
 
 /// How many members (connections) and distinct users a room has.
@@ -223,6 +248,8 @@ pub struct RoomTable {
     rooms: HashMap<RoomName, Room>,
     /// The rooms of each connection, so `ConnGone` does not scan every room.
     rooms_by_conn: HashMap<ConnId, Vec<RoomName>>,
+    /// Pusher apps' membership events not yet delivered as webhooks.
+    outbox: HookOutbox,
 }
 
 impl RoomTable {
@@ -252,7 +279,9 @@ impl RoomTable {
             RoomCommand::EvictNode { node, incarnation } => {
                 self.evict_node(index, &node, incarnation, &mut effects)
             }
+            RoomCommand::HooksDelivered { app, up_to } => self.outbox.delivered(&app, up_to),
         }
+        self.outbox.record(&effects);
         effects
     }
 
@@ -391,12 +420,12 @@ impl RoomTable {
         let mut rooms: Vec<(RoomName, Room)> =
             self.rooms.iter().map(|(name, room)| (name.clone(), room.clone())).collect();
         rooms.sort_by(|a, b| a.0.cmp(&b.0));
-        TableSnapshot { rooms }
+        TableSnapshot { rooms, outbox: self.outbox.clone() }
     }
 
     /// Rebuilds a table from [`RoomTable::to_snapshot`].
     pub fn from_snapshot(snapshot: TableSnapshot) -> RoomTable {
-        let mut table = RoomTable::new();
+        let mut table = RoomTable { outbox: snapshot.outbox, ..RoomTable::new() };
         for (name, mut room) in snapshot.rooms {
             // Counted afresh: a snapshot that never left memory still has them.
             room.users.clear();
@@ -416,6 +445,11 @@ impl RoomTable {
             owner_incarnation: r.owner_incarnation,
             members: r.members.values().cloned().collect(),
         })
+    }
+
+    /// The webhook events not yet delivered.
+    pub fn outbox(&self) -> &HookOutbox {
+        &self.outbox
     }
 
     pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {

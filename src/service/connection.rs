@@ -113,6 +113,12 @@ impl ConnectionRooms {
         self.join_as(room, user, meta, recover).await
     }
 
+    /// The user this connection is in `room` as (its own unless it
+    /// joined with `join_as`).
+    pub fn user_in(&self, room: &RoomName) -> &Arc<str> {
+        self.room_users.get(room).unwrap_or(&self.user)
+    }
+
     /// [`ConnectionRooms::join`] as a member of `user` rather than the
     /// connection's own user (Pusher presence: the channel's `user_id`).
     pub async fn join_as(
@@ -202,7 +208,7 @@ impl ConnectionRooms {
             }
             self.held_back.remove(room);
         }
-        let user = Arc::clone(self.room_users.get(room).unwrap_or(&self.user));
+        let user = Arc::clone(self.user_in(room));
         let publisher = Publisher { user, conn: self.conn, idem: idem.map(Arc::from) };
         let draft = Draft { publisher: Some(publisher), event, data };
         let result = self.service.route(room, draft, received_at).await;

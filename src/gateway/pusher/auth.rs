@@ -12,9 +12,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// `hex(HMAC-SHA256(secret, text))`.
 pub fn sign(secret: &str, text: &str) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(text.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    crate::auth::hmac_sha256_hex(secret, text)
 }
 
 /// Whether `signature` (hex, any case) is `sign(secret, text)`.
@@ -148,6 +146,8 @@ mod tests {
             max_connections: None,
             max_message_bytes: 10240,
             client_events_per_second: 10.0,
+            webhook_deadline_ms: 1000,
+            webhooks: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::config::AppConfig;
 use crate::fanout::FrameEncoder;
 use crate::protocol::{ConnId, RoomName};
 use crate::service::Space;
+use crate::webhooks::Webhooks;
 
 /// The longest channel name Pusher accepts.
 pub const MAX_CHANNEL_BYTES: usize = 164;
@@ -62,16 +63,20 @@ impl App {
     }
 }
 
-/// The apps of `[[apps]]`, by key and by id, and the protocol's encoder.
+/// The apps of `[[apps]]`, by key and by id, the protocol's encoder, and
+/// the apps' webhook senders.
 pub struct PusherApps {
     by_key: HashMap<String, Arc<App>>,
     by_id: HashMap<String, Arc<App>>,
     pub encoder: Arc<dyn FrameEncoder>,
+    /// Started by the node (`Webhooks::start`); sessions queue their
+    /// connections' `client_event`s and `cache_miss`es on it.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl PusherApps {
-    pub fn new(apps: &[AppConfig]) -> PusherApps {
-        let apps: Vec<Arc<App>> = apps
+    pub fn new(node: &str, configs: &[AppConfig]) -> PusherApps {
+        let apps: Vec<Arc<App>> = configs
             .iter()
             .map(|config| {
                 let namespace: Arc<str> = Arc::from(config.namespace());
@@ -83,6 +88,7 @@ impl PusherApps {
             by_key: apps.iter().map(|app| (app.config.key.clone(), Arc::clone(app))).collect(),
             by_id: apps.iter().map(|app| (app.config.id.clone(), Arc::clone(app))).collect(),
             encoder: Arc::new(PusherEncoder),
+            webhooks: Arc::new(Webhooks::new(node, configs)),
         }
     }
 
@@ -214,8 +220,10 @@ mod tests {
             max_connections: Some(1),
             max_message_bytes: 10240,
             client_events_per_second: 10.0,
+            webhook_deadline_ms: 1000,
+            webhooks: Vec::new(),
         };
-        let apps = PusherApps::new(&[config]);
+        let apps = PusherApps::new("node-1", &[config]);
         let app = apps.by_key("k").unwrap();
         let room = app.room("presence-x").unwrap();
         assert_eq!(room.as_str(), "pusher-app-1:presence-x");

@@ -534,8 +534,20 @@ impl Session {
             .await;
         match published {
             Ok(_) | Err(ServiceError::Publish(crate::forward::PublishError::NoMembers)) => {}
-            Err(error) => self.send_error(None, &format!("client event not sent: {error}")),
+            Err(error) => return self.send_error(None, &format!("client event not sent: {error}")),
         }
+        let user_id = (channel.kind == ChannelKind::Presence).then(|| self.rooms.user_in(&room).to_string());
+        // Pusher's webhook carries `data` as a string: a string as itself,
+        // anything else as its JSON text.
+        let data_text = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.to_string());
+        self.gateway.pusher.webhooks.client_event(
+            self.app.namespace(),
+            channel_name,
+            event,
+            &data_text,
+            &self.socket,
+            user_id.as_deref(),
+        );
     }
 }
 
