@@ -116,6 +116,79 @@ async fn a_publish_flood_is_rate_limited_then_closed_with_4029_and_accepted_mess
     node.shutdown().await;
 }
 
+/// G9 with the rate limit: a publish refused `rate_limited` holds the
+/// room's later publishes back (`unavailable`) until it is retried, so a
+/// client that retries in call order keeps its order even when a token
+/// came back before the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_publish_holds_the_later_ones_back_until_its_retry() {
+    let mut config = test_config();
+    config.limits.publish_per_second = 20.0;
+    config.limits.publish_burst = 1;
+    config.limits.rate_limited_close_after = 100;
+    let node = start(config).await;
+    let (watcher, mut watcher_events) = connect_as(&node, "watcher").await;
+    watcher.join("chat:g9", None).await.unwrap();
+    let (publisher, mut events) = connect_as(&node, "publisher").await;
+    publisher.join("chat:g9", None).await.unwrap();
+    let mut id = 0;
+    let mut publish = |data: &str, idem: &str| {
+        id += 1;
+        let frame = json!({"type": "publish", "id": id, "room": "chat:g9", "data": data, "idem": idem});
+        publisher.send_raw(WsMessage::text(frame.to_string())).unwrap();
+    };
+    // Sends `data` until it is accepted, waiting what each refusal says.
+    async fn until_accepted(
+        events: &mut starling_client::Events,
+        mut send: impl FnMut(),
+        mut refused: impl FnMut(&str),
+    ) {
+        loop {
+            send();
+            let reply = unmatched_reply(events).await;
+            if reply["ok"] == json!(true) {
+                return;
+            }
+            let code = reply["error"]["code"].as_str().unwrap().to_string();
+            refused(&code);
+            let wait = reply["error"]["retry_after_ms"].as_u64().unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+    }
+    publish("first", "a");
+    assert_eq!(unmatched_reply(&mut events).await["ok"], json!(true));
+    publish("second", "b");
+    assert_eq!(unmatched_reply(&mut events).await["error"]["code"], json!("rate_limited"));
+    // The third goes before the second is retried: held back, whether or
+    // not the bucket has a token again.
+    let mut third_refusals = Vec::new();
+    loop {
+        publish("third", "c");
+        let reply = unmatched_reply(&mut events).await;
+        assert_ne!(reply["ok"], json!(true), "the third overtook the refused second");
+        let code = reply["error"]["code"].as_str().unwrap().to_string();
+        third_refusals.push(code.clone());
+        if code == "unavailable" {
+            break;
+        }
+        let wait = reply["error"]["retry_after_ms"].as_u64().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
+    // Retried in call order, both go through.
+    let mut refusals = Vec::new();
+    until_accepted(&mut events, || publish("second", "b"), |code| refusals.push(code.to_string())).await;
+    until_accepted(&mut events, || publish("third", "c"), |code| refusals.push(code.to_string())).await;
+    assert!(refusals.iter().all(|code| code == "rate_limited"), "{refusals:?}");
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        if let Event::Message(m) = next_event(&mut watcher_events).await {
+            delivered.push(m.data.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(delivered, ["first", "second", "third"]);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_off_as_a_slow_consumer_without_hurting_the_room() {
     const MESSAGES: u64 = 3000;

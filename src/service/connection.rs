@@ -212,14 +212,23 @@ impl ConnectionRooms {
         let publisher = Publisher { user, conn: self.conn, idem: idem.map(Arc::from) };
         let draft = Draft { publisher: Some(publisher), event, data };
         let result = self.service.route(room, draft, received_at).await;
-        if let Err(error) = &result {
-            if error.retryable() {
-                let hold = if idem.is_some() { HELD_BACK_WITH_KEY } else { HELD_BACK_WITHOUT_KEY };
-                let held = HeldBack { until: Instant::now() + hold, idem: idem.map(str::to_owned) };
-                self.held_back.insert(room.clone(), held);
-            }
+        if result.as_ref().is_err_and(ServiceError::retryable) {
+            self.hold_back(room, idem);
         }
         result
+    }
+
+    /// A publish to `room` was refused retryably (here, or by the gateway's
+    /// rate limit before it got here): the connection's later publishes to
+    /// the room are held back until it is retried. A hold already in force
+    /// stays: it is for an earlier publish, which must go first.
+    pub fn hold_back(&mut self, room: &RoomName, idem: Option<&str>) {
+        let now = Instant::now();
+        if !self.rooms.contains(room) || self.held_back.get(room).is_some_and(|held| held.until > now) {
+            return;
+        }
+        let hold = if idem.is_some() { HELD_BACK_WITH_KEY } else { HELD_BACK_WITHOUT_KEY };
+        self.held_back.insert(room.clone(), HeldBack { until: now + hold, idem: idem.map(str::to_owned) });
     }
 
     /// Removes the connection from every room it is in. Retried a few

@@ -278,7 +278,13 @@ impl Session {
         let is_publish = matches!(envelope.request, Request::Publish { .. });
         match self.rate_limit(is_publish, id) {
             RateDecision::Close(code) => return Some(code),
-            RateDecision::Refused => return None,
+            RateDecision::Refused => {
+                // G9: a refused publish holds the room's later ones back.
+                if let Request::Publish { room, idem, .. } = &envelope.request {
+                    self.rooms.hold_back(room, idem.as_deref());
+                }
+                return None;
+            }
             RateDecision::Allowed => {}
         }
         let result = match envelope.request {
