@@ -47,6 +47,13 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     })
 }
 
+/// Makes ring the process's default rustls provider, for the HTTP clients
+/// that take the default (the OTLP exporter, webhooks); the listeners and
+/// peer links name ring themselves. A second call changes nothing.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The server side of the client and API listeners: TLS 1.2 and 1.3, no
 /// client certificates, HTTP/1.1 offered by ALPN (WebSocket upgrades and
 /// the API both speak it).

@@ -165,6 +165,8 @@ pub fn init_logging(log: &LogConfig) {
 }
 
 fn tracer_provider(plan: &ExportPlan, node: &str) -> anyhow::Result<SdkTracerProvider> {
+    // The exporter's HTTP client takes the process's rustls provider.
+    crate::tls::install_default_provider();
     let mut exporter =
         opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
     if let Some(endpoint) = &plan.endpoint {

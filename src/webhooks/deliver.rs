@@ -50,9 +50,8 @@ const LONGEST_RETRY: Duration = Duration::from_secs(30);
 
 /// The HTTP client of every app's webhooks.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    // reqwest takes the process's rustls provider; ring is the one the
-    // listeners use (a second install is a harmless error).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest takes the process's rustls provider.
+    crate::tls::install_default_provider();
     reqwest::Client::builder().timeout(REQUEST_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build()
 }
 
