@@ -222,7 +222,12 @@ async fn a_node_from_a_config_file_prints_a_banner_and_pipes_logs_without_termin
         let lines = running.log_lines();
         lines
             .iter()
-            .any(|l| l.starts_with("Starling node `proc-node` is running"))
+            .any(|l| {
+                l.starts_with(&format!(
+                    "Starling node `proc-node` is running (version {},",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            })
             .then_some(())
             .ok_or(format!("{lines:#?}"))
     });
