@@ -6,8 +6,9 @@
 #   bash scripts/setup.sh           set up what is missing
 #   bash scripts/setup.sh --check   exit 0 when nothing is missing (installs nothing)
 #
-# Run it as root for the Debian packages (sudo bash scripts/setup.sh), then
-# as yourself for the rest if you prefer node_modules owned by you.
+# Run as root (sudo bash scripts/setup.sh) to install the Debian packages;
+# under sudo the PyPI tools and node_modules are installed as the user who
+# ran sudo.
 #
 # What it sets up:
 # - rustfmt and clippy (rustup);
@@ -40,6 +41,16 @@ NPM_DIRS=(clients/js bench/peers tests/pusher)
 failed=0
 
 have() { command -v "$1" >/dev/null 2>&1; }
+
+# Under sudo, the PyPI tools and node_modules belong to the user who ran
+# sudo, not to root.
+as_user() {
+  if [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && have sudo; then
+    sudo -u "$SUDO_USER" -H "$@"
+  else
+    "$@"
+  fi
+}
 
 # One line for a part that could not be set up; exit 1 at the end when the
 # CI variable `require` names says the run needs that part.
@@ -141,11 +152,11 @@ if ! pip_tools_present; then
       "deploy/check.sh skips their checks"
   else
     pip_log=$(mktemp)
-    python3 -m pip install --quiet --disable-pip-version-check "${PIP_TOOLS[@]}" >"$pip_log" 2>&1
+    as_user python3 -m pip install --quiet --disable-pip-version-check "${PIP_TOOLS[@]}" >"$pip_log" 2>&1
     # Debian's own Python refuses to install beside its packages (PEP 668);
     # these are test tools of this machine, so install them for the user.
     if ! pip_tools_present && grep -q externally-managed "$pip_log"; then
-      python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages \
+      as_user python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages \
         "${PIP_TOOLS[@]}" >"$pip_log" 2>&1
     fi
     if have pyenv; then pyenv rehash; fi
@@ -163,8 +174,8 @@ else
   for dir in "${NPM_DIRS[@]}"; do
     npm_current "$dir" && continue
     echo "setup: npm ci in $dir"
-    if (cd "$dir" && npm ci --no-audit --no-fund --silent); then
-      npm_stamp "$dir" >"$dir/node_modules/.starling-setup"
+    if (cd "$dir" && as_user npm ci --no-audit --no-fund --silent); then
+      npm_stamp "$dir" | as_user tee "$dir/node_modules/.starling-setup" >/dev/null
     else
       cannot CI_REQUIRE_JS "npm ci failed in $dir" "its tests skip"
     fi
