@@ -29,6 +29,7 @@
 # CI_REQUIRE_DEPLOY_TOOLS=1 (systemd-analyze, docker-compose, the PyPI
 # tools), CI_REQUIRE_JS=1 (node, npm, chromium and the npm packages).
 # (Not STARLING_*: every STARLING_ variable is read as a config override.)
+# tests/setup_script.rs checks the skip and CI paths.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
