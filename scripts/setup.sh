@@ -13,7 +13,8 @@
 # What it sets up:
 # - rustfmt and clippy (rustup);
 # - Debian packages, only when run as root with apt-get: iproute2 (the
-#   partition test's network namespaces), nginx (tests/nginx.rs),
+#   partition test's network namespaces), curl (scripts/dev-cluster.sh and
+#   its test), nginx (tests/nginx.rs),
 #   systemd and docker-compose (deploy/check.sh), nodejs and npm (the JS
 #   client and Pusher tests), chromium (the browser test; never downloaded
 #   by playwright), python3-pip when pip is missing;
@@ -90,6 +91,7 @@ apt_browser=()
 missing_apt() {
   apt_plain=()
   apt_browser=()
+  have curl || apt_plain+=(curl)
   have nginx || apt_plain+=(nginx)
   have systemd-analyze || apt_plain+=(systemd)
   have docker-compose || apt_plain+=(docker-compose)
@@ -142,6 +144,7 @@ if [ $((${#apt_plain[@]} + ${#apt_browser[@]})) -gt 0 ]; then
 fi
 # What is still missing, part by part.
 have ip || cannot "" "iproute2 (ip) is missing" "the partition test skips"
+have curl || cannot "" "curl is missing" "scripts/dev-cluster.sh and tests/dev_cluster.rs fail"
 have nginx || cannot CI_REQUIRE_NGINX "nginx is missing" "tests/nginx.rs skips"
 have systemd-analyze || cannot CI_REQUIRE_DEPLOY_TOOLS "systemd-analyze is missing" "deploy/check.sh skips the unit check"
 have docker-compose || cannot CI_REQUIRE_DEPLOY_TOOLS "docker-compose is missing" "deploy/check.sh skips the compose check"
