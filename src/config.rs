@@ -555,7 +555,9 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// Names the variable when the key at fault came from one.
+    /// Names the variable when the key at fault came from one, or, for a
+    /// rule between keys (`api.demo` needs a loopback `listen.api`), the
+    /// variables that set the other keys the message names.
     fn naming_variable(self, from_env: &[(String, String)]) -> ConfigError {
         let ConfigError::Key { key, message } = self else {
             return self;
@@ -563,13 +565,42 @@ impl ConfigError {
         let set_by = from_env.iter().find(|(_, env_key)| {
             key == *env_key
                 || key.starts_with(&format!("{env_key}."))
+                || key.starts_with(&format!("{env_key}["))
                 || env_key.starts_with(&format!("{key}."))
         });
-        match set_by {
-            Some((var, _)) => ConfigError::EnvKey { var: var.clone(), key, message },
-            None => ConfigError::Key { key, message },
+        if let Some((var, _)) = set_by {
+            return ConfigError::EnvKey { var: var.clone(), key, message };
         }
+        let mentioned: Vec<String> = from_env
+            .iter()
+            .filter(|(_, env_key)| mentions_key(&message, env_key))
+            .map(|(var, env_key)| format!("{env_key} is set by {var}"))
+            .collect();
+        if mentioned.is_empty() {
+            return ConfigError::Key { key, message };
+        }
+        ConfigError::Key { key, message: format!("{message} ({})", mentioned.join(", ")) }
     }
+}
+
+/// Whether `message` names `key` as a whole key (`listen.api`, not
+/// `listen.api_x`).
+fn mentions_key(message: &str, key: &str) -> bool {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    message.match_indices(key).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let after = message[at + key.len()..].chars().next();
+        !before.is_some_and(is_key_char) && !after.is_some_and(|c| is_key_char(c) && c != '.')
+    })
+}
+
+/// Whether `secret` is long enough for HS256 (the rule of
+/// `auth.jwt_hs256_secret`, also applied by `starling token --secret`).
+pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        return Err(format!("must be at least {MIN_HS256_SECRET_BYTES} bytes (256 bits, as HS256 needs)"));
+    }
+    Ok(())
 }
 
 /// The 1-based line and column of byte `offset` in `text`.
@@ -664,7 +695,8 @@ impl Config {
         if self.namespaces.is_empty() && self.apps.is_empty() {
             return Err(key_error(
                 "namespaces",
-                "no namespace is configured, so every join would be refused; add a [[namespaces]] table, e.g. name = \"chat\"",
+                "no namespace is configured, so every join would be refused; add a [[namespaces]] table \
+                 (e.g. name = \"chat\" for rooms `chat:*`) or a Pusher app ([[apps]])",
             ));
         }
         self.validate_cluster()?;
@@ -928,9 +960,7 @@ impl Config {
             ));
         }
         if let Some(secret) = &auth.jwt_hs256_secret {
-            if secret.len() < MIN_HS256_SECRET_BYTES {
-                return Err(key_error("auth.jwt_hs256_secret", "must be at least 32 bytes"));
-            }
+            check_hs256_secret(secret).map_err(|message| key_error("auth.jwt_hs256_secret", message))?;
         }
         if let Some(key) = &auth.api_key {
             if key.len() < 16 {
@@ -949,8 +979,8 @@ impl Config {
         }
         Err(key_error(
             "auth",
-            "listening on a non-loopback address needs an explicit token key \
-                 (jwt_hs256_secret or jwt_public_key_pem) and api_key",
+            "listening on a non-loopback address (listen.client or listen.api) needs an explicit \
+             token key (jwt_hs256_secret or jwt_public_key_pem) and api_key",
         ))
     }
 
@@ -1304,6 +1334,7 @@ mod tests {
         let dev_exposed = Config::load_over(Config::dev(), env.map(|(k, v)| (k.to_string(), v)));
         let error = dev_exposed.unwrap_err().to_string();
         assert!(error.starts_with("config key `api.demo`"), "the dev node too: {error}");
+        assert!(error.ends_with("(listen.api is set by STARLING_LISTEN__API)"), "{error}");
         assert!(load(&format!("[api]\ndemo = true\n{secrets}"), &[]).is_ok(), "loopback is fine");
         assert!(
             load(&format!("[listen]\napi = \"0.0.0.0:7701\"\n{secrets}"), &[]).is_ok(),
@@ -1384,6 +1415,56 @@ mod tests {
     fn a_config_without_namespaces_is_refused_because_every_join_would_be() {
         let error = load_exactly("[node]\nname = \"n\"\n", &[]).unwrap_err().to_string();
         assert!(error.starts_with("config key `namespaces`: no namespace is configured"), "{error}");
+        assert!(error.contains("[[namespaces]]") && error.contains("[[apps]]"), "says what to add: {error}");
+        let error = load_exactly("", &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `namespaces`"), "an empty file too: {error}");
+    }
+
+    #[test]
+    fn a_config_with_only_pusher_apps_is_valid() {
+        let apps = "[[apps]]\nid = \"app-1\"\nkey = \"app-key\"\nsecret = \"app-secret\"\n";
+        let config = load_exactly(apps, &[]).unwrap();
+        assert!(config.namespaces.is_empty() && config.apps.len() == 1);
+    }
+
+    #[test]
+    fn the_dev_node_and_the_example_configs_pass_validation() {
+        Config::dev().validate().unwrap();
+        Config::load_over(Config::dev(), Vec::new()).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["config/dev.toml", "config/pusher.toml", "config/cluster/node-1.toml"] {
+            Config::load(Some(&root.join(file)), Vec::new()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_environment_variable_that_sets_a_list_is_named_for_an_error_inside_it() {
+        let env = [("STARLING_NAMESPACES", r#"[{name = "Chat"}]"#)];
+        let error = load_exactly("", &env).unwrap_err().to_string();
+        assert!(
+            error.starts_with("environment variable STARLING_NAMESPACES (config key `namespaces[0].name`): "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_rule_between_keys_names_the_variables_that_set_them() {
+        let error = load("", &[("STARLING_LISTEN__CLIENT", "0.0.0.0:7601")]).unwrap_err().to_string();
+        assert!(error.starts_with("config key `auth`: listening on a non-loopback address"), "{error}");
+        assert!(error.ends_with("(listen.client is set by STARLING_LISTEN__CLIENT)"), "{error}");
+        assert!(mentions_key("when listen.api is not", "listen.api"));
+        assert!(mentions_key("(listen.client or listen.api)", "listen.api"));
+        assert!(!mentions_key("listen.api_x is", "listen.api"));
+        assert!(!mentions_key("xlisten.api is", "listen.api"));
+    }
+
+    #[test]
+    fn token_secrets_follow_the_servers_rule() {
+        assert!(check_hs256_secret(&"s".repeat(MIN_HS256_SECRET_BYTES)).is_ok());
+        let rule = check_hs256_secret("abc").unwrap_err();
+        assert_eq!(rule, "must be at least 32 bytes (256 bits, as HS256 needs)");
+        let error = load("[auth]\njwt_hs256_secret = \"abc\"\n", &[]).unwrap_err().to_string();
+        assert_eq!(error, format!("config key `auth.jwt_hs256_secret`: {rule}"));
     }
 
     #[test]

@@ -78,10 +78,28 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_message(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `a: b: c`, leaving out a cause
+/// whose text the line already ends with (an error that prints its source
+/// would otherwise repeat it).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run() -> anyhow::Result<()> {
@@ -98,10 +116,11 @@ fn run() -> anyhow::Result<()> {
                 Some(text) => Some(serde_json::from_str(&text).context("--meta must be a JSON object")?),
                 None => None,
             };
-            if secret.len() < starling::config::MIN_HS256_SECRET_BYTES {
+            // The server's rule for auth.jwt_hs256_secret: a token signed
+            // with a secret it refuses would never be accepted.
+            if let Err(rule) = starling::config::check_hs256_secret(&secret) {
                 anyhow::bail!(
-                    "--secret must be at least {} bytes: the server refuses a shorter auth.jwt_hs256_secret, so no token signed with it would be accepted",
-                    starling::config::MIN_HS256_SECRET_BYTES
+                    "--secret {rule}: the server refuses a shorter auth.jwt_hs256_secret, so no token signed with it would be accepted"
                 );
             }
             let request = MintRequest { sub, rooms, ttl, meta, audience: aud, issuer: iss };
@@ -185,7 +204,7 @@ fn generate_secrets(config: &mut Config) -> Option<String> {
 
 fn print_dev_banner(config: &Config, node: &Node, secret: Option<&str>) -> anyhow::Result<()> {
     let api_key = config.auth.api_key.as_deref().unwrap_or_default();
-    println!("Starling dev node `{}` is running.", config.node.name);
+    println!("Starling dev node `{}` is running (version {}).", config.node.name, env!("CARGO_PKG_VERSION"));
     println!("  WebSocket:  {}", node.client_url());
     println!("  HTTP API:   {}", node.api_url());
     if config.api.demo {
@@ -212,7 +231,11 @@ fn print_dev_banner(config: &Config, node: &Node, secret: Option<&str>) -> anyho
 /// listens and where its secrets come from (never the secrets).
 fn print_node_banner(config: &Config, node: &Node, path: Option<&std::path::Path>) {
     let source = path.map_or_else(|| "STARLING_* variables".to_string(), |p| p.display().to_string());
-    println!("Starling node `{}` is running (config: {source}).", config.node.name);
+    println!(
+        "Starling node `{}` is running (version {}, config: {source}).",
+        config.node.name,
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  WebSocket:  {}", node.client_url());
     println!("  HTTP API:   {}  (Authorization: Bearer <auth.api_key>)", node.api_url());
     if config.api.demo {
@@ -224,6 +247,15 @@ fn print_node_banner(config: &Config, node: &Node, path: Option<&std::path::Path
         println!(
             "  Cluster:    peer {peer}, gossip {gossip}, {security}; see {}/api/cluster",
             node.api_url()
+        );
+        let seeds = if config.cluster.seeds.is_empty() {
+            "none (other nodes seed from this one)".to_string()
+        } else {
+            config.cluster.seeds.join(", ")
+        };
+        println!(
+            "  Peers:      gossip seeds {seeds}; the first Raft group forms when {} nodes are up",
+            config.cluster.bootstrap_expect
         );
     }
 }

@@ -222,9 +222,87 @@ async fn a_node_from_a_config_file_prints_a_banner_and_pipes_logs_without_termin
         let lines = running.log_lines();
         lines
             .iter()
-            .any(|l| l.starts_with("Starling node `proc-node` is running"))
+            .any(|l| {
+                l.starts_with(&format!(
+                    "Starling node `proc-node` is running (version {},",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            })
             .then_some(())
             .ok_or(format!("{lines:#?}"))
     });
     banner.await;
+}
+
+/// Runs `starling check-config` on `text` with `env`: exit success, and
+/// stderr.
+fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let path = temp_file("check.toml", text);
+    let output = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).trim_end().to_string())
+}
+
+#[test]
+fn check_config_refuses_a_config_without_namespaces_or_apps() {
+    let (ok, stderr) = check_config("[node]\nname = \"n\"\n", &[]);
+    assert!(!ok);
+    assert!(stderr.starts_with("error: config key `namespaces`: no namespace is configured"), "{stderr}");
+    let (ok, stderr) = check_config("[[apps]]\nid = \"a\"\nkey = \"app-key\"\nsecret = \"s\"\n", &[]);
+    assert!(ok, "a Pusher app alone is enough: {stderr}");
+}
+
+#[test]
+fn check_config_reports_toml_syntax_errors_with_line_and_column() {
+    let (ok, stderr) = check_config("[node]\nname = \"n\"\nport = = 3\n", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("is not valid TOML at line 3, column 8: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn check_config_names_the_environment_variable_at_fault() {
+    let config = "[[namespaces]]\nname = \"chat\"\n";
+    let (ok, stderr) = check_config(config, &[("STARLING_LISTEN__CLIENT", "localhost:x")]);
+    assert!(!ok);
+    assert!(
+        stderr
+            .starts_with("error: environment variable STARLING_LISTEN__CLIENT (config key `listen.client`)"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check_config(config, &[("STARLING_LISTEN__CLIENT", "0.0.0.0:7601")]);
+    assert!(!ok);
+    assert!(stderr.ends_with("(listen.client is set by STARLING_LISTEN__CLIENT)"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_one_clean_line() {
+    let output = Command::new(BIN)
+        .args(["check-config", "/nonexistent/starling.toml"])
+        .env("RUST_BACKTRACE", "full")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: cannot read config file /nonexistent/starling.toml: No such file or directory (os error 2)",
+        "the cause once, no backtrace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_on_localhost_when_the_config_says_localhost() {
+    let text = CONFIG.replace("127.0.0.1:0", "localhost:0");
+    assert!(text.contains("client = \"localhost:0\""));
+    let path = temp_file("node.toml", &text);
+    let (_running, client_addr, api_addr) = start(&["serve"], Some(&path)).await;
+    assert!(client_addr.ip().is_loopback() && api_addr.ip().is_loopback(), "{client_addr} {api_addr}");
+    let health = http(api_addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(health.status, 200);
 }

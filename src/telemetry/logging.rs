@@ -121,10 +121,11 @@ pub fn init(
     env: &OtelEnv,
 ) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
+        .or_else(|_| EnvFilter::try_new(quiet_openraft(&log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a terminal: a log file or a journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only for a terminal (and not with NO_COLOR): a log file or a
+    // journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = match log.format {
         LogFormat::Json => {
@@ -157,6 +158,16 @@ pub fn init(
         }
     }
     Ok(Telemetry { provider: provider.filter(|_| installed) })
+}
+
+/// `level` with openraft at `warn` unless it says otherwise: at `info`
+/// openraft logs its internal state (`RaftState {…}`) on every change,
+/// which buries the node's own lines. `RUST_LOG` is taken as written.
+pub fn quiet_openraft(level: &str) -> String {
+    if level.contains("openraft") {
+        return level.to_string();
+    }
+    format!("{level},openraft=warn")
 }
 
 /// Log lines only, no span export (tests and embedding programs).
@@ -197,6 +208,17 @@ mod tests {
 
     fn env(vars: &[(&str, &str)]) -> OtelEnv {
         OtelEnv::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn openraft_logs_at_warn_unless_the_level_names_it() {
+        assert_eq!(quiet_openraft("info"), "info,openraft=warn");
+        assert_eq!(
+            quiet_openraft("debug,starling::gateway=trace"),
+            "debug,starling::gateway=trace,openraft=warn"
+        );
+        assert_eq!(quiet_openraft("info,openraft=debug"), "info,openraft=debug");
+        assert!(EnvFilter::try_new(quiet_openraft("info")).is_ok());
     }
 
     #[test]
