@@ -1074,6 +1074,29 @@ impl NamespacePolicies {
     pub fn is_app(&self, namespace: &str) -> bool {
         self.apps.contains(namespace)
     }
+
+    /// The history a room keeps, `(size, ttl_ms)`: its namespace's, except
+    /// that a Pusher app's cache channel keeps its last event (for
+    /// [`CACHE_CHANNEL_TTL_MS`], as Pusher keeps it).
+    pub fn history_of(&self, room: &str) -> (usize, u64) {
+        let (namespace, channel) = room.split_once(':').unwrap_or((room, ""));
+        if self.is_app(namespace) && is_cache_channel(channel) {
+            return (1, CACHE_CHANNEL_TTL_MS);
+        }
+        self.get(namespace).map_or((0, 0), |n| (n.history_size, n.history_ttl_ms))
+    }
+}
+
+/// How long a Pusher cache channel keeps its last event (Pusher: 30 minutes).
+pub const CACHE_CHANNEL_TTL_MS: u64 = 30 * 60 * 1000;
+
+/// Whether a Pusher channel is a cache channel (`cache-`,
+/// `private-cache-`, `presence-cache-`, `private-encrypted-cache-`),
+/// whose last event is replayed to each new subscriber.
+pub fn is_cache_channel(channel: &str) -> bool {
+    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
+        .iter()
+        .any(|prefix| channel.starts_with(prefix))
 }
 
 /// The room policy of a Pusher app's channels: members publish (client
@@ -1095,6 +1118,28 @@ fn app_namespace(app: &AppConfig) -> NamespaceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_apps_cache_channels_keep_their_last_event_and_its_other_channels_none() {
+        let app = AppConfig {
+            id: "app-1".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            enable_client_messages: false,
+            max_connections: None,
+            max_message_bytes: 10240,
+            client_events_per_second: 10.0,
+        };
+        let policies = NamespacePolicies::new(&[], &[app]);
+        for channel in ["cache-x", "private-cache-x", "presence-cache-x", "private-encrypted-cache-x"] {
+            let room = format!("pusher-app-1:{channel}");
+            assert_eq!(policies.history_of(&room), (1, CACHE_CHANNEL_TTL_MS), "{channel}");
+        }
+        for channel in ["x", "private-x", "cachex", "private-encryptedcache-x"] {
+            assert_eq!(policies.history_of(&format!("pusher-app-1:{channel}")), (0, 0), "{channel}");
+        }
+        assert_eq!(policies.history_of("other:cache-x"), (0, 0), "only an app's channels");
+    }
 
     /// Loads `text` as a config file (with a `chat` namespace added where
     /// the text has none) and `env` as its environment.

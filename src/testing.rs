@@ -39,7 +39,8 @@ pub fn room(name: &str) -> RoomName {
 }
 
 /// Namespaces `chat` (history of 5 messages) and `plain` (no history),
-/// both with presence and join/leave events on.
+/// both with presence and join/leave events on, and the Pusher app
+/// `app-1` (namespace `pusher-app-1`).
 pub fn namespaces() -> Arc<NamespacePolicies> {
     Arc::new(NamespacePolicies::new(
         &[
@@ -64,7 +65,15 @@ pub fn namespaces() -> Arc<NamespacePolicies> {
                 history_ttl_ms: 0,
             },
         ],
-        &[],
+        &[crate::config::AppConfig {
+            id: "app-1".into(),
+            key: "app-1-key".into(),
+            secret: "app-1-secret".into(),
+            enable_client_messages: false,
+            max_connections: None,
+            max_message_bytes: 1024,
+            client_events_per_second: 10.0,
+        }],
     ))
 }
 

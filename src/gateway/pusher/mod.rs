@@ -60,6 +60,13 @@ impl App {
     fn release_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// A subscriber of the cache channel `channel` found no cached event
+    /// (it was sent `pusher:cache_miss`). Called on the subscriber's node.
+    // webhook: cache_miss — the webhook sender hooks in here (a no-op until then).
+    pub fn on_cache_miss(&self, channel: &str) {
+        tracing::debug!(app = %self.config.id, channel, "cache miss");
+    }
 }
 
 /// The apps of `[[apps]]`, by key and by id, and the protocol's encoder.
@@ -110,6 +117,9 @@ pub enum ChannelKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Channel {
     pub kind: ChannelKind,
+    /// A cache channel (`cache-`, `private-cache-`, `presence-cache-`,
+    /// `private-encrypted-cache-`): a new subscriber gets its last event.
+    pub cache: bool,
 }
 
 /// Why a channel name was refused.
@@ -136,7 +146,7 @@ impl Channel {
         } else {
             ChannelKind::Public
         };
-        Ok(Channel { kind })
+        Ok(Channel { kind, cache: crate::config::is_cache_channel(name) })
     }
 
     /// Whether subscribing needs a signed `auth`.
@@ -191,6 +201,13 @@ mod tests {
         }
         assert!(!Channel::parse("private-encrypted-x").unwrap().allows_client_events());
         assert!(Channel::parse("presence-x").unwrap().allows_client_events());
+        let cache = |name: &str| Channel::parse(name).map(|c| (c.kind, c.cache));
+        assert_eq!(cache("cache-x"), Ok((ChannelKind::Public, true)));
+        assert_eq!(cache("private-cache-x"), Ok((ChannelKind::Private, true)));
+        assert_eq!(cache("presence-cache-x"), Ok((ChannelKind::Presence, true)));
+        assert_eq!(cache("private-encrypted-cache-x"), Ok((ChannelKind::Encrypted, true)));
+        assert_eq!(cache("cachex"), Ok((ChannelKind::Public, false)));
+        assert_eq!(cache("private-x-cache-y"), Ok((ChannelKind::Private, false)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::encode::{self, user_info};
 use super::{auth, socket_id, App, Channel, ChannelKind};
-use crate::fanout::{OutFrame, Outbound, SessionEntry};
+use crate::fanout::{OutFrame, Outbound, Recover, RoomMessage, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
 use crate::gateway::{deadline_after, Gateway, Registration};
@@ -424,7 +424,8 @@ impl Session {
         let deadline = Instant::now() + SUBSCRIBE_PATIENCE;
         let mut wait = Duration::from_millis(50);
         let joined = loop {
-            match self.rooms.join_as(&room, Arc::clone(&user), meta.clone(), None).await {
+            let recover = channel.cache.then_some(Recover::Last);
+            match self.rooms.join_as(&room, Arc::clone(&user), meta.clone(), recover).await {
                 Err(error) if error.retryable() && Instant::now() + wait < deadline => {
                     debug!(%error, channel = channel_name, "subscription not ordered yet; retrying");
                     tokio::time::sleep(wait).await;
@@ -441,7 +442,7 @@ impl Session {
             }
         };
         let service = Arc::clone(self.rooms.service());
-        service.join_point(&room, outcome.epoch, |snapshot, _position| {
+        service.join_point(&room, outcome.epoch, |snapshot, position| {
             let text = match channel.kind {
                 ChannelKind::Presence => {
                     let members = snapshot.map(|s| s.members).unwrap_or_default();
@@ -458,7 +459,25 @@ impl Session {
                 ),
             };
             self.send(text);
+            if let Some(last) = outcome.last.as_ref().filter(|last| last.at == position) {
+                self.replay_cached(channel_name, last.message.as_ref());
+            }
         });
+    }
+
+    /// Sends a new subscriber of a cache channel its last event, right
+    /// after `subscription_succeeded`, or `pusher:cache_miss` when there is
+    /// none. Called at the join point, and only when no live event reached
+    /// the subscriber since it became one (that event is newer).
+    fn replay_cached(&self, channel: &str, message: Option<&RoomMessage>) {
+        let Some(message) = message else {
+            self.send(encode::cache_miss(channel));
+            self.app.on_cache_miss(channel);
+            return;
+        };
+        if let Some(text) = self.entry.encoder.message(message) {
+            let _ = self.entry.outbound.push(OutFrame { text, published: None });
+        }
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
