@@ -19,7 +19,7 @@ use super::ApiState;
 use crate::fanout::{Draft, Publisher};
 use crate::forward::PublishError;
 use crate::gateway::pusher::auth::{check_api_request, SignedRequest};
-use crate::gateway::pusher::{channel_of, parse_socket_id, App, Channel, ChannelKind};
+use crate::gateway::pusher::{channel_of, parse_socket_id, App, Channel, ChannelKind, MAX_USER_ID_BYTES};
 use crate::protocol::RoomName;
 use crate::service::{PublishOrigin, ServiceError};
 use crate::telemetry;
@@ -75,8 +75,26 @@ pub async fn serve(
         (&Method::GET, ["channels"]) => channels(state, &app, param("filter_by_prefix"), param("info")).await,
         (&Method::GET, ["channels", name]) => channel(state, &app, name, param("info")).await,
         (&Method::GET, ["channels", name, "users"]) => users(state, &app, name).await,
+        (&Method::POST, ["users", user, "terminate_connections"]) => terminate(state, &app, user).await,
         _ => text(StatusCode::NOT_FOUND, "No such endpoint"),
     }
+}
+
+/// `POST /apps/{id}/users/{user}/terminate_connections`: closes every
+/// connection of the user (its sign-in or presence user id) on every node,
+/// with 4009, so that pusher-js does not reconnect. `{}` once every node
+/// answered; 503 when one did not (its connections may stay open; retry).
+async fn terminate(state: &ApiState, app: &Arc<App>, user: &str) -> Response {
+    if user.is_empty() || user.len() > MAX_USER_ID_BYTES {
+        return text(StatusCode::BAD_REQUEST, "user ids are 1 to 128 characters");
+    }
+    let (closed, missed) = state.gateway.service.close_user_in(&app.space, user).await;
+    tracing::info!(app = %app.config.id, closed, "terminated a user's connections");
+    if !missed.is_empty() {
+        let message = format!("Nodes {} did not answer; retry", missed.join(", "));
+        return text(StatusCode::SERVICE_UNAVAILABLE, &message);
+    }
+    json(&serde_json::json!({}))
 }
 
 /// One event as the API takes it.

@@ -318,6 +318,11 @@ impl Hub {
         HistoryPolicy::new(size, ttl_ms)
     }
 
+    /// The sessions of this node.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
     /// Bytes of history held on this node.
     pub fn history_bytes(&self) -> usize {
         self.budget.held()

@@ -10,7 +10,8 @@ use crate::codec;
 /// links run over mutual TLS unless the cluster is configured insecure.
 /// Version 4: application messages carry structured room messages (room,
 /// epoch, offset, publisher, event, data, publish time), not client text.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: `CloseUser` (a Pusher app's `terminate_connections`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

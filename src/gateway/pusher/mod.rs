@@ -24,6 +24,9 @@ use crate::service::Space;
 /// The longest channel name Pusher accepts.
 pub const MAX_CHANNEL_BYTES: usize = 164;
 
+/// The longest user id (presence `user_id`, sign-in `id`).
+pub const MAX_USER_ID_BYTES: usize = 128;
+
 /// One configured app.
 #[derive(Debug)]
 pub struct App {

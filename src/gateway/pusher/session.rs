@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::encode::{self, user_info};
-use super::{auth, socket_id, App, Channel, ChannelKind};
+use super::{auth, socket_id, App, Channel, ChannelKind, MAX_USER_ID_BYTES};
 use crate::fanout::{OutFrame, Outbound, Recover, RoomMessage, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
@@ -35,6 +35,8 @@ pub mod close {
     pub const BAD_VERSION: u16 = 4006;
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
     pub const NO_PROTOCOL: u16 = 4008;
+    /// `terminate_connections`: the app's server closed the user's connections.
+    pub const TERMINATED: u16 = 4009;
     pub const OVER_CAPACITY: u16 = 4100;
     pub const RECONNECT: u16 = 4200;
     pub const PONG_NOT_RECEIVED: u16 = 4201;
@@ -52,6 +54,7 @@ fn close_frame(code: CloseCode) -> CloseFrame {
         CloseCode::Overloaded | CloseCode::SlowConsumer => (close::OVER_CAPACITY, code.reason()),
         CloseCode::RateLimited => (close::RATE_LIMITED, "rate limit exceeded"),
         CloseCode::TooLarge => (1009, "message too large"),
+        CloseCode::Terminated => (close::TERMINATED, "You got disconnected by the app."),
         CloseCode::TokenExpired | CloseCode::Internal => (code.code(), code.reason()),
     };
     CloseFrame { code: WsCloseCode::from(code), reason: reason.into() }
@@ -247,9 +250,6 @@ struct ChannelData {
 /// cannot order yet (a leader election), before it reports the failure.
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The longest presence `user_id` (Pusher's own limit is 128 characters).
-const MAX_USER_ID_BYTES: usize = 128;
-
 struct Session {
     gateway: Arc<Gateway>,
     entry: Arc<SessionEntry>,
@@ -441,6 +441,10 @@ impl Session {
                 return self.send(fail(error_kind(&error), &error.to_string(), status));
             }
         };
+        if channel.kind == ChannelKind::Presence {
+            // `terminate_connections` of this user reaches this connection.
+            self.gateway.sessions.act_as(self.app.namespace(), &user, self.entry.conn);
+        }
         let service = Arc::clone(self.rooms.service());
         service.join_point(&room, outcome.epoch, |snapshot, position| {
             let text = match channel.kind {
@@ -503,6 +507,7 @@ impl Session {
             return self.send_error(Some(4009), "user_data must be a JSON object with an `id`");
         };
         self.signed_in = Some(Arc::from(id.as_str()));
+        self.gateway.sessions.act_as(self.app.namespace(), &id, self.entry.conn);
         #[derive(serde::Serialize)]
         struct Success<'a> {
             user_data: &'a str,
