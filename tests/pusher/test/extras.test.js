@@ -84,3 +84,44 @@ describe("cache channels", () => {
     assert.deepEqual(misses, []);
   });
 });
+
+describe("info on triggered events", () => {
+  test("POST /events with info=subscription_count,user_count answers the channels' counts", async () => {
+    const sdk = serverSdk(node);
+    const ada = await client({ user: "ada" });
+    const adaAgain = await client({ user: "ada" });
+    const bob = await client({ user: "bob" });
+    for (const c of [ada, adaAgain, bob]) await subscribe(c, "presence-counted");
+    await subscribe(ada, "counted");
+
+    const response = await sdk.trigger(["presence-counted", "counted", "nobody-here"], "ping", {}, {
+      info: "subscription_count,user_count",
+    });
+    assert.equal(response.status, 200);
+    assert.deepEqual(await response.json(), {
+      channels: {
+        "presence-counted": { subscription_count: 3, user_count: 2 },
+        counted: { subscription_count: 1 },
+        "nobody-here": { subscription_count: 0 },
+      },
+    });
+
+    const plain = await sdk.trigger("counted", "ping", {});
+    assert.deepEqual(await plain.json(), {}, "no info asked, none given");
+    await assert.rejects(sdk.trigger("counted", "ping", {}, { info: "bogus" }), (error) => error.status === 400);
+  });
+
+  test("batch_events with a per-event info answers each event's channel counts", async () => {
+    const sdk = serverSdk(node);
+    const c = await client({ user: "dan" });
+    await subscribe(c, "presence-batch");
+    const response = await sdk.triggerBatch([
+      { channel: "presence-batch", name: "a", data: {}, info: "user_count,subscription_count" },
+      { channel: "presence-batch", name: "b", data: {} },
+      { channel: "batch-empty", name: "c", data: {}, info: "subscription_count" },
+    ]);
+    assert.deepEqual(await response.json(), {
+      batch: [{ user_count: 1, subscription_count: 1 }, {}, { subscription_count: 0 }],
+    });
+  });
+});
