@@ -65,15 +65,7 @@ pub fn namespaces() -> Arc<NamespacePolicies> {
                 history_ttl_ms: 0,
             },
         ],
-        &[crate::config::AppConfig {
-            id: "app-1".into(),
-            key: "app-1-key".into(),
-            secret: "app-1-secret".into(),
-            enable_client_messages: false,
-            max_connections: None,
-            max_message_bytes: 1024,
-            client_events_per_second: 10.0,
-        }],
+        &[crate::config::AppConfig::with_defaults("app-1", "app-1-key", "app-1-secret")],
     ))
 }
 

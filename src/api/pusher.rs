@@ -26,13 +26,6 @@ use crate::protocol::RoomName;
 use crate::service::{PublishOrigin, ServiceError};
 use crate::telemetry;
 
-/// Channels one event may go to (Pusher's limit).
-const MAX_CHANNELS_PER_EVENT: usize = 100;
-/// Events in one batch (Pusher's limit).
-const MAX_BATCH: usize = 10;
-/// The longest event name.
-const MAX_EVENT_NAME_BYTES: usize = 200;
-
 /// Errors are plain text, as Pusher's API has them.
 fn text(status: StatusCode, message: &str) -> Response {
     warp::reply::with_status(message.to_string(), status).into_response()
@@ -173,8 +166,9 @@ async fn batch_events(state: &ApiState, app: &Arc<App>, body: &[u8]) -> Response
         Ok(batch) => batch,
         Err(error) => return text(StatusCode::BAD_REQUEST, &format!("Invalid JSON body: {error}")),
     };
-    if batch.batch.len() > MAX_BATCH {
-        return text(StatusCode::BAD_REQUEST, &format!("Batch too large: at most {MAX_BATCH} events"));
+    let max_batch = app.config.max_event_batch_size;
+    if batch.batch.len() > max_batch {
+        return text(StatusCode::BAD_REQUEST, &format!("Batch too large: at most {max_batch} events"));
     }
     let mut wanted = Vec::with_capacity(batch.batch.len());
     for event in &batch.batch {
@@ -219,16 +213,17 @@ type Refusal = (StatusCode, String);
 async fn trigger(state: &ApiState, app: &Arc<App>, event: Event<'_>) -> Result<Vec<String>, Refusal> {
     let received_at = Instant::now();
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
-    if event.name.is_empty() || event.name.len() > MAX_EVENT_NAME_BYTES {
-        return Err(bad(format!("Event name must be 1 to {MAX_EVENT_NAME_BYTES} characters")));
+    let limits = &app.config;
+    if event.name.is_empty() || event.name.len() > limits.max_event_name_bytes {
+        return Err(bad(format!("Event name must be 1 to {} characters", limits.max_event_name_bytes)));
     }
     let channels: Vec<String> = match (event.channels, event.channel) {
         (Some(channels), None) => channels,
         (None, Some(channel)) => vec![channel],
         _ => return Err(bad("Give `channels` (a list) or `channel`, not both".into())),
     };
-    if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_EVENT {
-        return Err(bad(format!("An event goes to 1 to {MAX_CHANNELS_PER_EVENT} channels")));
+    if channels.is_empty() || channels.len() > limits.max_event_channels_at_once {
+        return Err(bad(format!("An event goes to 1 to {} channels", limits.max_event_channels_at_once)));
     }
     if event.data.get().len() > app.config.max_message_bytes {
         let message = format!("Event data is over the app's limit of {} bytes", app.config.max_message_bytes);

@@ -101,6 +101,15 @@ impl ConnectionRooms {
         self.rooms.contains(room)
     }
 
+    /// How many rooms the connection is in.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
     /// Joins `room` with `meta` (JSON object text); the member is in
     /// presence on every node once this returns. With `recover`, the
     /// messages it asks for are queued to the connection before any live

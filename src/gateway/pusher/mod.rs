@@ -21,8 +21,8 @@ use crate::fanout::FrameEncoder;
 use crate::protocol::{ConnId, RoomName};
 use crate::service::Space;
 
-/// The longest channel name Pusher accepts.
-pub const MAX_CHANNEL_BYTES: usize = 164;
+/// The longest channel name Pusher accepts (an app may allow less).
+pub const MAX_CHANNEL_BYTES: usize = crate::config::MAX_CHANNEL_NAME_BYTES;
 
 /// The longest user id (presence `user_id`, sign-in `id`).
 pub const MAX_USER_ID_BYTES: usize = 128;
@@ -43,6 +43,10 @@ impl App {
     /// The room of `channel`, if the name is a valid Pusher channel name.
     pub fn room(&self, channel: &str) -> Result<RoomName, ChannelError> {
         Channel::parse(channel)?;
+        let max = self.config.max_channel_name_bytes;
+        if channel.len() > max {
+            return Err(ChannelError::TooLong { max });
+        }
         RoomName::parse(&format!("{}:{channel}", self.namespace)).map_err(|_| ChannelError::BadName)
     }
 
@@ -130,6 +134,9 @@ pub struct Channel {
 pub enum ChannelError {
     #[error("channel names are 1 to 164 characters of a-z, A-Z, 0-9 and -_=@,.;")]
     BadName,
+    /// Longer than the app's `max_channel_name_bytes`.
+    #[error("channel names of this app are at most {max} characters")]
+    TooLong { max: usize },
 }
 
 impl Channel {
@@ -226,21 +233,18 @@ mod tests {
 
     #[test]
     fn an_apps_channels_are_rooms_of_its_own_namespace() {
-        let config = AppConfig {
-            id: "app-1".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enable_client_messages: false,
-            max_connections: Some(1),
-            max_message_bytes: 10240,
-            client_events_per_second: 10.0,
-        };
+        let config = AppConfig { max_connections: Some(1), ..AppConfig::with_defaults("app-1", "k", "s") };
         let apps = PusherApps::new(&[config]);
         let app = apps.by_key("k").unwrap();
         let room = app.room("presence-x").unwrap();
         assert_eq!(room.as_str(), "pusher-app-1:presence-x");
         assert_eq!(channel_of(&room), "presence-x");
         assert_eq!(app.room(&"x".repeat(MAX_CHANNEL_BYTES)).unwrap().as_str().len(), 7 + 5 + 1 + 164);
+        let short = AppConfig { max_channel_name_bytes: 10, ..AppConfig::with_defaults("app-2", "k2", "s") };
+        let short = PusherApps::new(&[short]);
+        let short = short.by_key("k2").unwrap();
+        assert!(short.room("x123456789").is_ok());
+        assert_eq!(short.room("x1234567890"), Err(ChannelError::TooLong { max: 10 }));
         assert!(app.try_connect_now(), "one slot");
         assert!(!app.try_connect_now(), "max_connections = 1");
         app.release_connection();

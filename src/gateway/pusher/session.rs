@@ -3,6 +3,7 @@
 //! events, sign-in, pings, and Pusher's close codes. The writer is the
 //! gateway's, as for every protocol.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use crate::fanout::{OutFrame, Outbound, Recover, RoomMessage, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
 use crate::gateway::{deadline_after, Gateway, Registration};
-use crate::protocol::{CloseCode, ConnId};
+use crate::protocol::{CloseCode, ConnId, RoomName};
 use crate::rooms::MemberRecord;
 use crate::service::{ConnectionRooms, ServiceError};
 use crate::telemetry;
@@ -421,6 +422,9 @@ impl Session {
             },
             _ => (self.signed_in.clone().unwrap_or_else(|| Arc::clone(&self.entry.user)), "{}".to_string()),
         };
+        if let Err(refusal) = self.check_app_limits(&room, channel, &user, &meta) {
+            return self.send(fail("LimitReached", &refusal.to_string(), refusal.status()));
+        }
         let deadline = Instant::now() + SUBSCRIBE_PATIENCE;
         let mut wait = Duration::from_millis(50);
         let joined = loop {
@@ -484,6 +488,41 @@ impl Session {
         }
     }
 
+    /// The app's limits on a subscription: channels per connection, users
+    /// per presence channel (as the table is applied here: concurrent joins
+    /// on other nodes may pass it by a few), and the size of `user_info`.
+    fn check_app_limits(
+        &self,
+        room: &RoomName,
+        channel: Channel,
+        user: &str,
+        meta: &str,
+    ) -> Result<(), LimitRefusal> {
+        let app = &self.app.config;
+        if let Some(max) = app.max_channels_per_connection {
+            if !self.rooms.contains(room) && self.rooms.len() >= max {
+                return Err(LimitRefusal::Channels(max));
+            }
+        }
+        if channel.kind != ChannelKind::Presence {
+            return Ok(());
+        }
+        let info_bytes = user_info(meta).map_or(0, |info| info.get().len());
+        if info_bytes > app.max_presence_member_bytes {
+            return Err(LimitRefusal::UserInfo(app.max_presence_member_bytes));
+        }
+        let max = app.max_presence_members_per_channel;
+        let full = self.rooms.service().replicator().with_snapshot(room, |snapshot| {
+            let Some(snapshot) = snapshot else { return false };
+            let users: HashSet<&str> = snapshot.members.iter().map(|m| &*m.user).collect();
+            !users.contains(user) && users.len() >= max
+        });
+        if full {
+            return Err(LimitRefusal::Members(max));
+        }
+        Ok(())
+    }
+
     async fn unsubscribe(&mut self, channel: &str) {
         let Ok(room) = self.app.room(channel) else {
             return;
@@ -531,8 +570,9 @@ impl Session {
         if !channel.allows_client_events() {
             return self.send_error(None, "Client events are only allowed on private and presence channels");
         }
-        if event.len() > 200 {
-            return self.send_error(None, "Event names are at most 200 characters");
+        if event.len() > app.max_event_name_bytes {
+            let message = format!("Event names are at most {} characters", app.max_event_name_bytes);
+            return self.send_error(None, &message);
         }
         let Ok(room) = self.app.room(channel_name) else {
             return;
@@ -618,6 +658,29 @@ fn presence_data(members: &[Arc<MemberRecord>]) -> serde_json::Value {
         hash.insert(member.user.to_string(), info);
     }
     serde_json::json!({"presence": {"count": ids.len(), "ids": ids, "hash": hash}})
+}
+
+/// A subscription over one of the app's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum LimitRefusal {
+    #[error("this connection is subscribed to {0} channels, the most this app allows")]
+    Channels(usize),
+    #[error("the presence channel has {0} users, the most this app allows")]
+    Members(usize),
+    #[error("user_info is over {0} bytes")]
+    UserInfo(usize),
+}
+
+impl LimitRefusal {
+    /// The subscription error's `status`: Pusher's 4100 (over capacity,
+    /// retry later) for a full channel or connection; 400 for a member
+    /// that can never fit.
+    fn status(self) -> u16 {
+        match self {
+            LimitRefusal::Channels(_) | LimitRefusal::Members(_) => close::OVER_CAPACITY,
+            LimitRefusal::UserInfo(_) => 400,
+        }
+    }
 }
 
 fn error_kind(error: &ServiceError) -> &'static str {

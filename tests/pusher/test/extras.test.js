@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { APP, connectClient, next, record, serverSdk, startPusherNodes, subscribe } from "./support.js";
+import { connectClient, next, record, serverSdk, startPusherNodes, subscribe } from "./support.js";
 
 let cluster;
 let node;
@@ -17,8 +17,27 @@ async function client(options) {
   return c;
 }
 
+/** An app with small limits. */
+const LIMITED = { id: "app-3", key: "app-3-key", secret: "app-3-secret-0123456789" };
+
 before(async () => {
-  cluster = await startPusherNodes(1);
+  cluster = await startPusherNodes(1, {
+    extraConfig: `
+[[apps]]
+id = "${LIMITED.id}"
+key = "${LIMITED.key}"
+secret = "${LIMITED.secret}"
+enable_client_messages = true
+max_message_bytes = 100
+max_channel_name_bytes = 20
+max_event_name_bytes = 10
+max_event_channels_at_once = 2
+max_event_batch_size = 2
+max_presence_members_per_channel = 2
+max_presence_member_bytes = 30
+max_channels_per_connection = 3
+`,
+  });
   node = cluster.nodes[0];
 });
 
@@ -123,5 +142,65 @@ describe("info on triggered events", () => {
     assert.deepEqual(await response.json(), {
       batch: [{ user_count: 1, subscription_count: 1 }, {}, { subscription_count: 0 }],
     });
+  });
+});
+
+describe("per-app limits", () => {
+  /** The subscription_error of subscribing `c` to `name`. */
+  function refusal(c, name) {
+    const channel = c.subscribe(name);
+    return next(channel, "pusher:subscription_error", `subscription_error on ${name}`);
+  }
+
+  test("a channel name over max_channel_name_bytes is refused, on subscribe and on the API", async () => {
+    const c = await client({ app: LIMITED });
+    await subscribe(c, "x".repeat(20));
+    const error = await refusal(c, "x".repeat(21));
+    assert.equal(error.status, 400);
+    assert.equal(error.type, "InvalidChannel");
+    const sdk = serverSdk(node, LIMITED);
+    await assert.rejects(sdk.trigger("y".repeat(21), "e", {}), (e) => e.status === 400);
+  });
+
+  test("max_channels_per_connection: one more subscription is refused with LimitReached 4100", async () => {
+    const c = await client({ app: LIMITED });
+    for (const name of ["one", "two", "three"]) await subscribe(c, name);
+    const error = await refusal(c, "four");
+    assert.equal(error.type, "LimitReached");
+    assert.equal(error.status, 4100);
+    c.unsubscribe("one");
+    await subscribe(c, "five"); // a freed slot is taken again
+  });
+
+  test("max_presence_members_per_channel counts users: a third user is refused, another connection of a member is not", async () => {
+    const ada = await client({ app: LIMITED, user: "ada" });
+    const bob = await client({ app: LIMITED, user: "bob" });
+    await subscribe(ada, "presence-full");
+    await subscribe(bob, "presence-full");
+    const carol = await client({ app: LIMITED, user: "carol" });
+    const error = await refusal(carol, "presence-full");
+    assert.equal(error.type, "LimitReached");
+    assert.equal(error.status, 4100);
+    const adaAgain = await client({ app: LIMITED, user: "ada" });
+    const channel = await subscribe(adaAgain, "presence-full");
+    assert.equal(channel.members.count, 2);
+  });
+
+  test("max_presence_member_bytes: a larger user_info is refused", async () => {
+    const c = await client({ app: LIMITED, user: "dan", userInfo: { name: "d".repeat(40) } });
+    const error = await refusal(c, "presence-big");
+    assert.equal(error.type, "LimitReached");
+    assert.equal(error.status, 400);
+  });
+
+  test("the API refuses more channels, events, name or data than the app allows, with Pusher's statuses", async () => {
+    const sdk = serverSdk(node, LIMITED);
+    await sdk.trigger(["a", "b"], "e", {});
+    await assert.rejects(sdk.trigger(["a", "b", "c"], "e", {}), (e) => e.status === 400);
+    await assert.rejects(sdk.trigger("a", "e".repeat(11), {}), (e) => e.status === 400);
+    await assert.rejects(sdk.trigger("a", "e", { d: "x".repeat(100) }), (e) => e.status === 413);
+    const batch = (n) => Array.from({ length: n }, () => ({ channel: "a", name: "e", data: {} }));
+    await sdk.triggerBatch(batch(2));
+    await assert.rejects(sdk.triggerBatch(batch(3)), (e) => e.status === 400);
   });
 });
