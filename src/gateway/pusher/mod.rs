@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod encode;
+mod limits;
 mod session;
 
 use std::collections::HashMap;

@@ -3,7 +3,6 @@
 //! events, sign-in, pings, and Pusher's close codes. The writer is the
 //! gateway's, as for every protocol.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::encode::{self, user_info};
-use super::{auth, socket_id, App, Channel, ChannelKind, MAX_USER_ID_BYTES};
+use super::{auth, limits, socket_id, App, Channel, ChannelKind, MAX_USER_ID_BYTES};
 use crate::fanout::{OutFrame, Outbound, Recover, RoomMessage, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
 use crate::gateway::{deadline_after, Gateway, Registration};
-use crate::protocol::{CloseCode, ConnId, RoomName};
+use crate::protocol::{CloseCode, ConnId};
 use crate::rooms::MemberRecord;
 use crate::service::{ConnectionRooms, ServiceError};
 use crate::telemetry;
@@ -422,7 +421,9 @@ impl Session {
             },
             _ => (self.signed_in.clone().unwrap_or_else(|| Arc::clone(&self.entry.user)), "{}".to_string()),
         };
-        if let Err(refusal) = self.check_app_limits(&room, channel, &user, &meta) {
+        let within_limits =
+            limits::check_subscription(&self.app.config, &self.rooms, &room, channel, &user, &meta);
+        if let Err(refusal) = within_limits {
             return self.send(fail("LimitReached", &refusal.to_string(), refusal.status()));
         }
         let deadline = Instant::now() + SUBSCRIBE_PATIENCE;
@@ -486,41 +487,6 @@ impl Session {
         if let Some(text) = self.entry.encoder.message(message) {
             let _ = self.entry.outbound.push(OutFrame { text, published: None });
         }
-    }
-
-    /// The app's limits on a subscription: channels per connection, users
-    /// per presence channel (as the table is applied here: concurrent joins
-    /// on other nodes may pass it by a few), and the size of `user_info`.
-    fn check_app_limits(
-        &self,
-        room: &RoomName,
-        channel: Channel,
-        user: &str,
-        meta: &str,
-    ) -> Result<(), LimitRefusal> {
-        let app = &self.app.config;
-        if let Some(max) = app.max_channels_per_connection {
-            if !self.rooms.contains(room) && self.rooms.len() >= max {
-                return Err(LimitRefusal::Channels(max));
-            }
-        }
-        if channel.kind != ChannelKind::Presence {
-            return Ok(());
-        }
-        let info_bytes = user_info(meta).map_or(0, |info| info.get().len());
-        if info_bytes > app.max_presence_member_bytes {
-            return Err(LimitRefusal::UserInfo(app.max_presence_member_bytes));
-        }
-        let max = app.max_presence_members_per_channel;
-        let full = self.rooms.service().replicator().with_snapshot(room, |snapshot| {
-            let Some(snapshot) = snapshot else { return false };
-            let users: HashSet<&str> = snapshot.members.iter().map(|m| &*m.user).collect();
-            !users.contains(user) && users.len() >= max
-        });
-        if full {
-            return Err(LimitRefusal::Members(max));
-        }
-        Ok(())
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -658,29 +624,6 @@ fn presence_data(members: &[Arc<MemberRecord>]) -> serde_json::Value {
         hash.insert(member.user.to_string(), info);
     }
     serde_json::json!({"presence": {"count": ids.len(), "ids": ids, "hash": hash}})
-}
-
-/// A subscription over one of the app's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-enum LimitRefusal {
-    #[error("this connection is subscribed to {0} channels, the most this app allows")]
-    Channels(usize),
-    #[error("the presence channel has {0} users, the most this app allows")]
-    Members(usize),
-    #[error("user_info is over {0} bytes")]
-    UserInfo(usize),
-}
-
-impl LimitRefusal {
-    /// The subscription error's `status`: Pusher's 4100 (over capacity,
-    /// retry later) for a full channel or connection; 400 for a member
-    /// that can never fit.
-    fn status(self) -> u16 {
-        match self {
-            LimitRefusal::Channels(_) | LimitRefusal::Members(_) => close::OVER_CAPACITY,
-            LimitRefusal::UserInfo(_) => 400,
-        }
-    }
 }
 
 fn error_kind(error: &ServiceError) -> &'static str {
