@@ -64,6 +64,29 @@ pub struct AppConfig {
     /// Where the app's events are POSTed (`[[apps.webhooks]]`).
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// The longest channel name (Pusher: 164, also the most allowed, so
+    /// that the app's room name fits).
+    #[serde(default = "default_max_channel_name_bytes")]
+    pub max_channel_name_bytes: usize,
+    /// The longest event name, API and client events (Pusher: 200).
+    #[serde(default = "default_max_event_name_bytes")]
+    pub max_event_name_bytes: usize,
+    /// Channels one API event may go to (Pusher: 100).
+    #[serde(default = "default_max_event_channels_at_once")]
+    pub max_event_channels_at_once: usize,
+    /// Events in one `batch_events` request (Pusher: 10).
+    #[serde(default = "default_max_event_batch_size")]
+    pub max_event_batch_size: usize,
+    /// Users in one presence channel (Pusher: 100).
+    #[serde(default = "default_max_presence_members_per_channel")]
+    pub max_presence_members_per_channel: usize,
+    /// The largest presence `user_info`, as JSON bytes (Pusher: 1 KB).
+    #[serde(default = "default_max_presence_member_bytes")]
+    pub max_presence_member_bytes: usize,
+    /// Channels one connection may be subscribed to at once; absent: only
+    /// `limits.max_rooms_per_connection` applies.
+    #[serde(default)]
+    pub max_channels_per_connection: Option<usize>,
 }
 
 /// One webhook receiver of an app.
@@ -89,6 +112,35 @@ fn default_webhook_deadline_ms() -> u64 {
     5 * 60 * 1000
 }
 
+/// Pusher's longest channel name, and the most an app may allow.
+pub const MAX_CHANNEL_NAME_BYTES: usize = 164;
+/// Pusher's longest event name, and the most an app may allow.
+pub const MAX_EVENT_NAME_BYTES: usize = 200;
+
+fn default_max_channel_name_bytes() -> usize {
+    MAX_CHANNEL_NAME_BYTES
+}
+
+fn default_max_event_name_bytes() -> usize {
+    MAX_EVENT_NAME_BYTES
+}
+
+fn default_max_event_channels_at_once() -> usize {
+    100
+}
+
+fn default_max_event_batch_size() -> usize {
+    10
+}
+
+fn default_max_presence_members_per_channel() -> usize {
+    100
+}
+
+fn default_max_presence_member_bytes() -> usize {
+    1024
+}
+
 fn default_app_max_message_bytes() -> usize {
     10 * 1024
 }
@@ -106,9 +158,59 @@ pub const APP_NAMESPACE_PREFIX: &str = "pusher-";
 pub const MAX_APP_ID_BYTES: usize = 24;
 
 impl AppConfig {
+    /// An app with every optional key at its default.
+    pub fn with_defaults(id: &str, key: &str, secret: &str) -> AppConfig {
+        AppConfig {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enable_client_messages: false,
+            max_connections: None,
+            max_message_bytes: default_app_max_message_bytes(),
+            client_events_per_second: default_client_events_per_second(),
+            webhook_deadline_ms: default_webhook_deadline_ms(),
+            webhooks: Vec::new(),
+            max_channel_name_bytes: default_max_channel_name_bytes(),
+            max_event_name_bytes: default_max_event_name_bytes(),
+            max_event_channels_at_once: default_max_event_channels_at_once(),
+            max_event_batch_size: default_max_event_batch_size(),
+            max_presence_members_per_channel: default_max_presence_members_per_channel(),
+            max_presence_member_bytes: default_max_presence_member_bytes(),
+            max_channels_per_connection: None,
+        }
+    }
+
     /// The room namespace of the app's channels.
     pub fn namespace(&self) -> String {
         format!("{APP_NAMESPACE_PREFIX}{}", self.id)
+    }
+
+    /// Checks the app's Pusher limits: the key and why, when one is out of range.
+    fn validate_limits(&self, limits: &LimitsConfig) -> Result<(), (&'static str, String)> {
+        let in_range = |field: &'static str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err((field, format!("must be 1 to {max}")))
+            }
+        };
+        in_range("max_channel_name_bytes", self.max_channel_name_bytes, MAX_CHANNEL_NAME_BYTES)?;
+        in_range("max_event_name_bytes", self.max_event_name_bytes, MAX_EVENT_NAME_BYTES)?;
+        in_range("max_event_channels_at_once", self.max_event_channels_at_once, 10_000)?;
+        in_range("max_event_batch_size", self.max_event_batch_size, 1_000)?;
+        in_range(
+            "max_presence_members_per_channel",
+            self.max_presence_members_per_channel,
+            u32::MAX as usize,
+        )?;
+        in_range("max_presence_member_bytes", self.max_presence_member_bytes, limits.max_meta_bytes)
+            .map_err(|(field, message)| (field, format!("{message} (limits.max_meta_bytes)")))?;
+        if let Some(max) = self.max_channels_per_connection {
+            in_range("max_channels_per_connection", max, limits.max_rooms_per_connection).map_err(
+                |(field, message)| (field, format!("{message} (limits.max_rooms_per_connection)")),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -818,6 +920,7 @@ impl Config {
                     ));
                 }
             }
+            app.validate_limits(&self.limits).map_err(|(field, message)| key_error(key(field), message))?;
         }
         Ok(())
     }
@@ -1151,6 +1254,29 @@ impl NamespacePolicies {
     pub fn is_app(&self, namespace: &str) -> bool {
         self.apps.contains(namespace)
     }
+
+    /// The history a room keeps, `(size, ttl_ms)`: its namespace's, except
+    /// that a Pusher app's cache channel keeps its last event (for
+    /// [`CACHE_CHANNEL_TTL_MS`], as Pusher keeps it).
+    pub fn history_of(&self, room: &str) -> (usize, u64) {
+        let (namespace, channel) = room.split_once(':').unwrap_or((room, ""));
+        if self.is_app(namespace) && is_cache_channel(channel) {
+            return (1, CACHE_CHANNEL_TTL_MS);
+        }
+        self.get(namespace).map_or((0, 0), |n| (n.history_size, n.history_ttl_ms))
+    }
+}
+
+/// How long a Pusher cache channel keeps its last event (Pusher: 30 minutes).
+pub const CACHE_CHANNEL_TTL_MS: u64 = 30 * 60 * 1000;
+
+/// Whether a Pusher channel is a cache channel (`cache-`,
+/// `private-cache-`, `presence-cache-`, `private-encrypted-cache-`),
+/// whose last event is replayed to each new subscriber.
+pub fn is_cache_channel(channel: &str) -> bool {
+    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
+        .iter()
+        .any(|prefix| channel.starts_with(prefix))
 }
 
 /// The room policy of a Pusher app's channels: members publish (client
@@ -1172,6 +1298,57 @@ fn app_namespace(app: &AppConfig) -> NamespaceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_apps_limits_default_to_pushers_are_checked_and_unknown_keys_are_refused() {
+        let app = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let config = load(app, &[]).unwrap();
+        let limits = &config.apps[0];
+        assert_eq!(
+            (limits.max_channel_name_bytes, limits.max_event_name_bytes, limits.max_event_channels_at_once),
+            (164, 200, 100)
+        );
+        assert_eq!(
+            (
+                limits.max_event_batch_size,
+                limits.max_presence_members_per_channel,
+                limits.max_presence_member_bytes
+            ),
+            (10, 100, 1024)
+        );
+        assert_eq!((limits.max_message_bytes, limits.max_channels_per_connection), (10240, None));
+        let set = load(
+            &format!("{app}max_channels_per_connection = 5\nmax_presence_members_per_channel = 3\n"),
+            &[],
+        );
+        assert_eq!(set.unwrap().apps[0].max_channels_per_connection, Some(5));
+        for (line, key) in [
+            ("max_channel_name_bytes = 165", "apps[0].max_channel_name_bytes"),
+            ("max_event_name_bytes = 0", "apps[0].max_event_name_bytes"),
+            ("max_event_batch_size = 0", "apps[0].max_event_batch_size"),
+            ("max_presence_member_bytes = 4096", "apps[0].max_presence_member_bytes"),
+            ("max_channels_per_connection = 101", "apps[0].max_channels_per_connection"),
+        ] {
+            let error = load(&format!("{app}{line}\n"), &[]).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("config key `{key}`: must be 1 to")), "{error}");
+        }
+        let error = load(&format!("{app}max_channels = 5\n"), &[]).unwrap_err().to_string();
+        assert!(error.contains("max_channels"), "{error}");
+    }
+
+    #[test]
+    fn an_apps_cache_channels_keep_their_last_event_and_its_other_channels_none() {
+        let app = AppConfig::with_defaults("app-1", "k", "s");
+        let policies = NamespacePolicies::new(&[], &[app]);
+        for channel in ["cache-x", "private-cache-x", "presence-cache-x", "private-encrypted-cache-x"] {
+            let room = format!("pusher-app-1:{channel}");
+            assert_eq!(policies.history_of(&room), (1, CACHE_CHANNEL_TTL_MS), "{channel}");
+        }
+        for channel in ["x", "private-x", "cachex", "private-encryptedcache-x"] {
+            assert_eq!(policies.history_of(&format!("pusher-app-1:{channel}")), (0, 0), "{channel}");
+        }
+        assert_eq!(policies.history_of("other:cache-x"), (0, 0), "only an app's channels");
+    }
 
     /// Loads `text` as a config file (with a `chat` namespace added where
     /// the text has none) and `env` as its environment.

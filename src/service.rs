@@ -298,6 +298,14 @@ impl RoomService {
         Ok(snapshot.map(|s| s.members).unwrap_or_default())
     }
 
+    /// Closes every connection acting as `user` in the Pusher app `space`
+    /// on every node (`terminate_connections`); see
+    /// [`crate::forward::Router::close_user`].
+    pub async fn close_user_in(&self, space: &Space, user: &str) -> (usize, Vec<String>) {
+        let Space::App(namespace) = space else { return (0, Vec::new()) };
+        self.router.close_user(namespace, user).await
+    }
+
     /// Whether `room`'s namespace lists its members.
     pub fn check_presence(&self, room: &RoomName) -> Result<(), ServiceError> {
         if !self.namespace(room)?.presence {

@@ -39,7 +39,8 @@ pub fn room(name: &str) -> RoomName {
 }
 
 /// Namespaces `chat` (history of 5 messages) and `plain` (no history),
-/// both with presence and join/leave events on.
+/// both with presence and join/leave events on, and the Pusher app
+/// `app-1` (namespace `pusher-app-1`).
 pub fn namespaces() -> Arc<NamespacePolicies> {
     Arc::new(NamespacePolicies::new(
         &[
@@ -64,7 +65,7 @@ pub fn namespaces() -> Arc<NamespacePolicies> {
                 history_ttl_ms: 0,
             },
         ],
-        &[],
+        &[crate::config::AppConfig::with_defaults("app-1", "app-1-key", "app-1-secret")],
     ))
 }
 

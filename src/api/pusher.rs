@@ -19,17 +19,12 @@ use super::ApiState;
 use crate::fanout::{Draft, Publisher};
 use crate::forward::PublishError;
 use crate::gateway::pusher::auth::{check_api_request, SignedRequest};
-use crate::gateway::pusher::{channel_of, parse_socket_id, App, Channel, ChannelKind};
+use crate::gateway::pusher::{
+    channel_of, parse_socket_id, App, Channel, ChannelError, ChannelKind, MAX_USER_ID_BYTES,
+};
 use crate::protocol::RoomName;
 use crate::service::{PublishOrigin, ServiceError};
 use crate::telemetry;
-
-/// Channels one event may go to (Pusher's limit).
-const MAX_CHANNELS_PER_EVENT: usize = 100;
-/// Events in one batch (Pusher's limit).
-const MAX_BATCH: usize = 10;
-/// The longest event name.
-const MAX_EVENT_NAME_BYTES: usize = 200;
 
 /// Errors are plain text, as Pusher's API has them.
 fn text(status: StatusCode, message: &str) -> Response {
@@ -75,8 +70,26 @@ pub async fn serve(
         (&Method::GET, ["channels"]) => channels(state, &app, param("filter_by_prefix"), param("info")).await,
         (&Method::GET, ["channels", name]) => channel(state, &app, name, param("info")).await,
         (&Method::GET, ["channels", name, "users"]) => users(state, &app, name).await,
+        (&Method::POST, ["users", user, "terminate_connections"]) => terminate(state, &app, user).await,
         _ => text(StatusCode::NOT_FOUND, "No such endpoint"),
     }
+}
+
+/// `POST /apps/{id}/users/{user}/terminate_connections`: closes every
+/// connection of the user (its sign-in or presence user id) on every node,
+/// with 4009, so that pusher-js does not reconnect. `{}` once every node
+/// answered; 503 when one did not (its connections may stay open; retry).
+async fn terminate(state: &ApiState, app: &Arc<App>, user: &str) -> Response {
+    if user.is_empty() || user.len() > MAX_USER_ID_BYTES {
+        return text(StatusCode::BAD_REQUEST, "user ids are 1 to 128 characters");
+    }
+    let (closed, missed) = state.gateway.service.close_user_in(&app.space, user).await;
+    tracing::info!(app = %app.config.id, closed, "terminated a user's connections");
+    if !missed.is_empty() {
+        let message = format!("Nodes {} did not answer; retry", missed.join(", "));
+        return text(StatusCode::SERVICE_UNAVAILABLE, &message);
+    }
+    json(&serde_json::json!({}))
 }
 
 /// One event as the API takes it.
@@ -91,18 +104,55 @@ struct Event<'a> {
     channel: Option<String>,
     #[serde(default)]
     socket_id: Option<String>,
+    /// `user_count,subscription_count`: the channels' counts after the event.
+    #[serde(default)]
+    info: Option<String>,
 }
 
-/// `POST /apps/{id}/events`: `{name, data, channels | channel, socket_id?}`.
+/// `POST /apps/{id}/events`: `{name, data, channels | channel, socket_id?,
+/// info?}`; with `info`, `{"channels": {name: {user_count?, subscription_count?}}}`.
 async fn events(state: &ApiState, app: &Arc<App>, body: &[u8]) -> Response {
     let event: Event<'_> = match serde_json::from_slice(body) {
         Ok(event) => event,
         Err(error) => return text(StatusCode::BAD_REQUEST, &format!("Invalid JSON body: {error}")),
     };
-    match trigger(state, app, event).await {
-        Ok(()) => json(&serde_json::json!({})),
-        Err((status, message)) => text(status, &message),
+    let wanted = match wanted_info(event.info.as_deref()) {
+        Ok(wanted) => wanted,
+        Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+    };
+    let channels = match trigger(state, app, event).await {
+        Ok(channels) => channels,
+        Err((status, message)) => return text(status, &message),
+    };
+    if wanted == (false, false) {
+        return json(&serde_json::json!({}));
     }
+    let mut infos = BTreeMap::new();
+    for channel in &channels {
+        match channel_info(state, app, channel, wanted).await {
+            Ok(info) => infos.insert(channel.as_str(), info),
+            Err(response) => return response,
+        };
+    }
+    json(&serde_json::json!({ "channels": infos }))
+}
+
+/// The counts `wanted` asks for of an app's channel, as of a linearizable
+/// read (`user_count` only for presence channels, as Pusher has it).
+async fn channel_info(
+    state: &ApiState,
+    app: &Arc<App>,
+    channel: &str,
+    (user_count, subscription_count): (bool, bool),
+) -> Result<ChannelInfo, Response> {
+    let bad = |e: ChannelError| text(StatusCode::BAD_REQUEST, &format!("Invalid channel {channel:?}: {e}"));
+    let (room, kind) = (app.room(channel).map_err(bad)?, Channel::parse(channel).map_err(bad)?.kind);
+    let members = state.gateway.service.presence_in(&app.space, &room).await.map_err(unavailable)?;
+    let users: std::collections::HashSet<&str> = members.iter().map(|m| &*m.user).collect();
+    Ok(ChannelInfo {
+        user_count: (user_count && kind == ChannelKind::Presence).then_some(users.len()),
+        subscription_count: subscription_count.then_some(members.len()),
+    })
 }
 
 /// `POST /apps/{id}/batch_events`: `{batch: [{name, data, channel, socket_id?}]}`.
@@ -116,35 +166,64 @@ async fn batch_events(state: &ApiState, app: &Arc<App>, body: &[u8]) -> Response
         Ok(batch) => batch,
         Err(error) => return text(StatusCode::BAD_REQUEST, &format!("Invalid JSON body: {error}")),
     };
-    if batch.batch.len() > MAX_BATCH {
-        return text(StatusCode::BAD_REQUEST, &format!("Batch too large: at most {MAX_BATCH} events"));
+    let max_batch = app.config.max_event_batch_size;
+    if batch.batch.len() > max_batch {
+        return text(StatusCode::BAD_REQUEST, &format!("Batch too large: at most {max_batch} events"));
     }
-    for event in batch.batch {
-        if let Err((status, message)) = trigger(state, app, event).await {
-            return text(status, &message);
+    let mut wanted = Vec::with_capacity(batch.batch.len());
+    for event in &batch.batch {
+        match wanted_info(event.info.as_deref()) {
+            Ok(info) => wanted.push(info),
+            Err(message) => return text(StatusCode::BAD_REQUEST, &message),
         }
     }
-    json(&serde_json::json!({"batch": []}))
+    let mut triggered = Vec::with_capacity(batch.batch.len());
+    for event in batch.batch {
+        match trigger(state, app, event).await {
+            Ok(channels) => triggered.push(channels),
+            Err((status, message)) => return text(status, &message),
+        }
+    }
+    if wanted.iter().all(|w| *w == (false, false)) {
+        return json(&serde_json::json!({"batch": []}));
+    }
+    // With `info`: one object per event, the counts of its channel.
+    let mut infos = Vec::with_capacity(triggered.len());
+    for (channels, wanted) in triggered.iter().zip(wanted) {
+        let info = match channels.first() {
+            Some(channel) if wanted != (false, false) => {
+                match channel_info(state, app, channel, wanted).await {
+                    Ok(info) => info,
+                    Err(response) => return response,
+                }
+            }
+            _ => ChannelInfo::default(),
+        };
+        infos.push(info);
+    }
+    json(&serde_json::json!({ "batch": infos }))
 }
 
 /// Why an event was refused: the status and text of the answer.
 type Refusal = (StatusCode, String);
 
-/// Publishes one event to each of its channels, in order. A channel with
-/// no subscribers takes the event and delivers it to nobody.
-async fn trigger(state: &ApiState, app: &Arc<App>, event: Event<'_>) -> Result<(), Refusal> {
+/// Publishes one event to each of its channels, in order, and returns the
+/// channels. A channel with no subscribers takes the event and delivers it
+/// to nobody.
+async fn trigger(state: &ApiState, app: &Arc<App>, event: Event<'_>) -> Result<Vec<String>, Refusal> {
     let received_at = Instant::now();
     let bad = |message: String| (StatusCode::BAD_REQUEST, message);
-    if event.name.is_empty() || event.name.len() > MAX_EVENT_NAME_BYTES {
-        return Err(bad(format!("Event name must be 1 to {MAX_EVENT_NAME_BYTES} characters")));
+    let limits = &app.config;
+    if event.name.is_empty() || event.name.len() > limits.max_event_name_bytes {
+        return Err(bad(format!("Event name must be 1 to {} characters", limits.max_event_name_bytes)));
     }
     let channels: Vec<String> = match (event.channels, event.channel) {
         (Some(channels), None) => channels,
         (None, Some(channel)) => vec![channel],
         _ => return Err(bad("Give `channels` (a list) or `channel`, not both".into())),
     };
-    if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_EVENT {
-        return Err(bad(format!("An event goes to 1 to {MAX_CHANNELS_PER_EVENT} channels")));
+    if channels.is_empty() || channels.len() > limits.max_event_channels_at_once {
+        return Err(bad(format!("An event goes to 1 to {} channels", limits.max_event_channels_at_once)));
     }
     if event.data.get().len() > app.config.max_message_bytes {
         let message = format!("Event data is over the app's limit of {} bytes", app.config.max_message_bytes);
@@ -179,7 +258,7 @@ async fn trigger(state: &ApiState, app: &Arc<App>, event: Event<'_>) -> Result<(
             Err(error) => return Err(bad(format!("Event refused on {}: {error}", channel_of(&room)))),
         }
     }
-    Ok(())
+    Ok(channels)
 }
 
 /// Which of `user_count` and `subscription_count` the `info` parameter asks for.

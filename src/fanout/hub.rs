@@ -158,6 +158,21 @@ pub enum Recover {
     Since(Position),
     /// The last messages held, at most this many.
     Rewind(usize),
+    /// Nothing queued: the room's last message is taken aside as the
+    /// member becomes a subscriber ([`Hub::join_last`]), for the caller to
+    /// send after its own join reply (Pusher cache channels).
+    Last,
+}
+
+/// A room's last message as a member became a subscriber (for
+/// [`Recover::Last`]), and where the room stood then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastMessage {
+    /// The room's position when the member became a subscriber: messages
+    /// after it were queued to the member live.
+    pub at: Position,
+    /// The message at `at`, if this node still holds it.
+    pub message: Option<RoomMessage>,
 }
 
 /// A join's recovery request, until the join applies here.
@@ -166,6 +181,8 @@ struct PendingRecovery {
     request: Recover,
     /// Set when the join applied: whether a `since` was served.
     recovered: Option<bool>,
+    /// Set when a [`Recover::Last`] join applied.
+    last: Option<LastMessage>,
 }
 
 /// A page of a room's history (the history endpoint).
@@ -297,9 +314,13 @@ impl Hub {
     }
 
     fn history_policy(&self, room: &RoomName) -> HistoryPolicy {
-        self.namespaces
-            .get(room.namespace())
-            .map_or_else(HistoryPolicy::default, |n| HistoryPolicy::new(n.history_size, n.history_ttl_ms))
+        let (size, ttl_ms) = self.namespaces.history_of(room.as_str());
+        HistoryPolicy::new(size, ttl_ms)
+    }
+
+    /// The sessions of this node.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// Bytes of history held on this node.
@@ -341,13 +362,27 @@ impl Hub {
         if let Some(entry) = local_entry {
             let request = lock(&self.recoveries).get(&(member.conn, room.clone())).map(|p| p.request);
             if let Some(request) = request {
-                let recovered = self.replay(&mut local, &entry, request);
+                let (recovered, last) = match request {
+                    Recover::Last => (false, Some(self.last_message(&mut local))),
+                    _ => (self.replay(&mut local, &entry, request), None),
+                };
                 if let Some(pending) = lock(&self.recoveries).get_mut(&(member.conn, room.clone())) {
                     pending.recovered = Some(recovered);
+                    pending.last = last;
                 }
             }
             local.subscribers.push(entry);
         }
+    }
+
+    /// The room's last message, if its history holds it, and its position.
+    fn last_message(&self, local: &mut LocalRoom) -> LastMessage {
+        let change = local.history.expire(Instant::now(), &local.policy);
+        self.account(&change);
+        let at = local.position();
+        let held_last = local.history.span().is_some_and(|(_, last)| last == at.offset);
+        let message = local.history.last(1).next().filter(|_| held_last).cloned();
+        LastMessage { at, message }
     }
 
     /// Queues the messages `request` asks for to a joining member, before
@@ -364,6 +399,7 @@ impl Hub {
                 }
             }
             Recover::Rewind(count) => (false, local.history.last(count.min(local.policy.size)).collect()),
+            Recover::Last => (false, Vec::new()),
         };
         for message in messages {
             let Some(text) = entry.encoder.message(message) else { continue };
@@ -383,7 +419,15 @@ impl Hub {
     /// for `request` to be replayed before its reply. Take the outcome with
     /// [`Hub::join_recovered`] once the join returned (applied or not).
     pub fn expect_join(&self, conn: ConnId, room: &RoomName, request: Recover) {
-        lock(&self.recoveries).insert((conn, room.clone()), PendingRecovery { request, recovered: None });
+        let pending = PendingRecovery { request, recovered: None, last: None };
+        lock(&self.recoveries).insert((conn, room.clone()), pending);
+    }
+
+    /// What the [`Recover::Last`] join of `conn` to `room` found: `None`
+    /// when nothing was announced or the join did not apply as a new
+    /// member here. Takes the request, as [`Hub::join_recovered`] does.
+    pub fn join_last(&self, conn: ConnId, room: &RoomName) -> Option<LastMessage> {
+        lock(&self.recoveries).remove(&(conn, room.clone())).and_then(|pending| pending.last)
     }
 
     /// Whether the join of `conn` to `room` announced with
@@ -989,6 +1033,42 @@ mod tests {
                 .collect();
             assert_eq!(frames(member).await, expected);
         }
+    }
+
+    #[tokio::test]
+    async fn a_cache_channel_join_takes_the_rooms_last_message_aside_and_queues_nothing() {
+        let node = CoreNode::new("node-1", 1);
+        let (_, protocol) = encoder();
+        let cache = room("pusher-app-1:cache-x");
+        let first = node.session("first", &protocol);
+        apply_everywhere(&[&node], node.join_command(cache.as_str(), &first)).await;
+        let epoch = node.hub.owner_of(&cache).unwrap().1;
+
+        let second = node.session("second", &protocol);
+        node.hub.expect_join(second.conn, &cache, Recover::Last);
+        apply_everywhere(&[&node], node.join_command(cache.as_str(), &second)).await;
+        let nothing = LastMessage { at: Position { epoch, offset: 0 }, message: None };
+        assert_eq!(node.hub.join_last(second.conn, &cache), Some(nothing), "nothing published yet");
+
+        for data in ["one", "two"] {
+            node.hub.sequence(&cache, draft(data), now()).unwrap();
+        }
+        let third = node.session("third", &protocol);
+        node.hub.expect_join(third.conn, &cache, Recover::Last);
+        apply_everywhere(&[&node], node.join_command(cache.as_str(), &third)).await;
+        let last = node.hub.join_last(third.conn, &cache).unwrap();
+        assert_eq!(last.at, Position { epoch, offset: 2 });
+        assert_eq!(last.message.map(|m| m.data), Some(bytes::Bytes::from_static(b"two")), "only the last");
+        assert_eq!(frames(&third).await, Vec::<String>::new(), "nothing queued: the caller sends it");
+        assert_eq!(node.hub.join_last(third.conn, &cache), None, "taken once");
+
+        // A room of another channel of the app keeps no history.
+        let plain = room("pusher-app-1:prices");
+        apply_everywhere(&[&node], node.join_command(plain.as_str(), &first)).await;
+        node.hub.sequence(&plain, draft("one"), now()).unwrap();
+        node.hub.expect_join(third.conn, &plain, Recover::Last);
+        apply_everywhere(&[&node], node.join_command(plain.as_str(), &third)).await;
+        assert_eq!(node.hub.join_last(third.conn, &plain).and_then(|last| last.message), None);
     }
 
     #[tokio::test]

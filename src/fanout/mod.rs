@@ -15,8 +15,8 @@ mod sessions;
 
 pub use history::HistoryPolicy;
 pub use hub::{
-    DeliveryRefused, FrameSender, HistoryPage, Hub, NotReplicated, Recover, RemoteFanout, RoomState,
-    SequenceError, Sequenced, TakeoverOutcome,
+    DeliveryRefused, FrameSender, HistoryPage, Hub, LastMessage, NotReplicated, Recover, RemoteFanout,
+    RoomState, SequenceError, Sequenced, TakeoverOutcome,
 };
 pub use message::{
     instant_from_unix_micros, unix_micros, Draft, FrameCache, FrameEncoder, MemberEvent, Position, Published,

@@ -12,7 +12,7 @@ use super::links::{NodeDirectory, PeerLinks};
 use super::wire::{AppAnswer, AppMessage, OwnerRefusal};
 use super::REPLICATION_TIMEOUT;
 use crate::fanout::{instant_from_unix_micros, FrameSender, Hub, Published, SequenceError};
-use crate::protocol::ConnId;
+use crate::protocol::{CloseCode, ConnId};
 use crate::replicate::SharedTable;
 use crate::telemetry;
 
@@ -96,6 +96,10 @@ impl PeerHandler for AppHandler {
                 AppMessage::Messages { room, epoch, after, min_index } => {
                     shared.wait_applied(min_index).await.map_err(|e| e.to_string())?;
                     AppAnswer::Messages(hub.messages_after(&room, epoch, after, MAX_TAKEOVER_MESSAGES))
+                }
+                AppMessage::CloseUser { namespace, user } => {
+                    let closed = hub.sessions().close_acting(&namespace, &user, CloseCode::Terminated);
+                    AppAnswer::Closed(closed as u64)
                 }
                 AppMessage::Deliver(_) | AppMessage::Held { .. } => {
                     return Err(format!("unexpected request from {}", peer.name));

@@ -24,6 +24,9 @@ use crate::telemetry;
 /// plus its wait for another node to hold the message (`REPLICATION_TIMEOUT`).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// How long a node waits for another to close a user's connections.
+const CLOSE_USER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Who the nodes of the cluster are: the replicated Raft membership.
 pub trait NodeDirectory: Send + Sync + 'static {
     /// Every node of the group (voters and learners, this one included):
@@ -234,6 +237,30 @@ impl PeerLinks {
             return Err("not an application answer".into());
         };
         codec::decode::<AppAnswer>(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// Asks every other node to close its connections acting as `user` in
+    /// `namespace`; returns how many they closed, and the nodes that did
+    /// not answer in time.
+    pub(super) async fn close_user(&self, namespace: &str, user: &str) -> (usize, Vec<String>) {
+        let message = AppMessageOut::CloseUser { namespace, user };
+        let asks = self.directory().into_iter().map(|(name, addr)| {
+            let message = &message;
+            async move { (name, self.ask(&addr, message, CLOSE_USER_TIMEOUT).await) }
+        });
+        let mut closed = 0;
+        let mut missed = Vec::new();
+        for (name, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(AppAnswer::Closed(count)) => closed += count as usize,
+                Ok(_) => missed.push(name),
+                Err(error) => {
+                    debug!(peer = %name, %error, "close-user request failed");
+                    missed.push(name);
+                }
+            }
+        }
+        (closed, missed)
     }
 
     pub(super) async fn forward_publish(

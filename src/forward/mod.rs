@@ -23,7 +23,7 @@ pub use links::{NodeDirectory, PeerLinks};
 pub use wire::OwnerRefusal;
 
 use crate::fanout::{Draft, Hub, Position, Published, SequenceError, Sequenced};
-use crate::protocol::RoomName;
+use crate::protocol::{CloseCode, RoomName};
 use crate::telemetry;
 
 /// Why a publish was not sequenced. [`PublishError::retryable`] says
@@ -130,6 +130,16 @@ impl Router {
 
     pub fn cluster(hub: Arc<Hub>, links: Arc<PeerLinks>) -> Router {
         Router { hub, links: Some(links) }
+    }
+
+    /// Closes every connection acting as `user` in `namespace` on every
+    /// node (see `Sessions::act_as`): returns how many were closed, and
+    /// the nodes that did not answer (their connections may stay open).
+    pub async fn close_user(&self, namespace: &str, user: &str) -> (usize, Vec<String>) {
+        let here = self.hub.sessions().close_acting(namespace, user, CloseCode::Terminated);
+        let Some(links) = &self.links else { return (here, Vec::new()) };
+        let (there, missed) = links.close_user(namespace, user).await;
+        (here + there, missed)
     }
 
     /// Publishes `draft` to `room`: sequenced here if this node owns the

@@ -29,6 +29,9 @@ pub(super) enum AppMessage {
     /// From a room's new owner: the messages of `epoch` after offset
     /// `after`, all of them up to the last this node saw.
     Messages { room: RoomName, epoch: u64, after: u64, min_index: u64 },
+    /// Close every connection here acting as `user` in `namespace` (a
+    /// Pusher app's `terminate_connections`). Peer protocol 7.
+    CloseUser { namespace: String, user: String },
 }
 
 /// The same messages, borrowed, for sending: serializes exactly as
@@ -40,6 +43,7 @@ pub(super) enum AppMessageOut<'a> {
     Held { room: &'a RoomName, position: Position },
     State { room: &'a RoomName, min_index: u64 },
     Messages { room: &'a RoomName, epoch: u64, after: u64, min_index: u64 },
+    CloseUser { namespace: &'a str, user: &'a str },
 }
 
 /// Why the owner did not sequence a forwarded publish.
@@ -68,6 +72,8 @@ pub(super) enum AppAnswer {
     Published(Result<Position, OwnerRefusal>),
     State(Option<RoomState>),
     Messages(Option<Vec<RoomMessage>>),
+    /// How many connections a `CloseUser` closed.
+    Closed(u64),
 }
 
 /// An application message wrapped for the peer transport.

@@ -73,6 +73,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4029: rate limited too many times in a row.
     RateLimited,
+    /// 1000 (Pusher: 4009): the app's server closed every connection of
+    /// the user (`terminate_connections`); the client must not reconnect.
+    Terminated,
 }
 
 impl CloseCode {
@@ -87,6 +90,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => 4001,
             CloseCode::SlowConsumer => 4008,
             CloseCode::RateLimited => 4029,
+            CloseCode::Terminated => 1000,
         }
     }
 
@@ -102,6 +106,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::RateLimited => "rate limited",
+            CloseCode::Terminated => "terminated by the server",
         }
     }
 }

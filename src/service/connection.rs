@@ -10,18 +10,21 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{PublishOrigin, RoomService, ServiceError, Space};
-use crate::fanout::{Draft, Position, Publisher, Recover};
+use crate::fanout::{Draft, LastMessage, Position, Publisher, Recover};
 use crate::protocol::{ConnId, RoomName};
 use crate::rooms::RoomCommand;
 
 /// What a join did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinOutcome {
     /// The room's epoch as the join applied.
     pub epoch: u64,
     /// Whether the `since` position asked for was served (every message
     /// after it was queued before any live one).
     pub recovered: bool,
+    /// With [`Recover::Last`]: the room's last message as the member
+    /// became a subscriber (`None`: it was already one).
+    pub last: Option<LastMessage>,
 }
 
 /// How long later publishes to a room are held back after one was refused
@@ -98,6 +101,15 @@ impl ConnectionRooms {
         self.rooms.contains(room)
     }
 
+    /// How many rooms the connection is in.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
     /// Joins `room` with `meta` (JSON object text); the member is in
     /// presence on every node once this returns. With `recover`, the
     /// messages it asks for are queued to the connection before any live
@@ -141,8 +153,12 @@ impl ConnectionRooms {
             let proposed = service.propose_join(&room_name, conn, &user, meta, max_members).await;
             // Taken here, not by the caller: the task runs to its end even
             // when the connection ends first, so no request is left behind.
-            let recovered = recover.is_some() && service.hub.join_recovered(conn, &room_name);
-            proposed.map(|epoch| JoinOutcome { epoch, recovered })
+            let (recovered, last) = match recover {
+                None => (false, None),
+                Some(Recover::Last) => (false, service.hub.join_last(conn, &room_name)),
+                Some(_) => (service.hub.join_recovered(conn, &room_name), None),
+            };
+            proposed.map(|epoch| JoinOutcome { epoch, recovered, last })
         });
         let proposed = self.pending_join.insert(task).await;
         self.pending_join = None;

@@ -11,7 +11,7 @@ use crate::codec;
 /// Version 4: application messages carry structured room messages (room,
 /// epoch, offset, publisher, event, data, publish time), not client text.
 /// Version 7: room commands gain `HooksDelivered` and table snapshots the
-/// webhook outbox.
+/// webhook outbox; `CloseUser` (a Pusher app's `terminate_connections`).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).

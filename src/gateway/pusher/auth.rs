@@ -138,17 +138,7 @@ mod tests {
     }
 
     fn app() -> AppConfig {
-        AppConfig {
-            id: "app-1".into(),
-            key: "278d425bdf160c739803".into(),
-            secret: "7ad3773142a6692b25b8".into(),
-            enable_client_messages: false,
-            max_connections: None,
-            max_message_bytes: 10240,
-            client_events_per_second: 10.0,
-            webhook_deadline_ms: 1000,
-            webhooks: Vec::new(),
-        }
+        AppConfig::with_defaults("app-1", "278d425bdf160c739803", "7ad3773142a6692b25b8")
     }
 
     /// The worked examples of Pusher's authentication docs.

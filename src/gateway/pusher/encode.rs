@@ -140,6 +140,16 @@ pub fn error(code: Option<u16>, message: &str) -> String {
     connection_event("pusher:error", &Error { code, message })
 }
 
+/// `pusher:cache_miss` on a cache channel with no cached event.
+pub fn cache_miss(channel: &str) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        event: &'a str,
+        channel: &'a str,
+    }
+    to_json(&Frame { event: "pusher:cache_miss", channel })
+}
+
 /// `pusher:subscription_error` on `channel`, as pusher-js and Laravel
 /// Echo read it (`status` 401 for a refused authorisation).
 pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {

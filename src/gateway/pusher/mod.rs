@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod encode;
+mod limits;
 mod session;
 
 use std::collections::HashMap;
@@ -22,8 +23,11 @@ use crate::protocol::{ConnId, RoomName};
 use crate::service::Space;
 use crate::webhooks::Webhooks;
 
-/// The longest channel name Pusher accepts.
-pub const MAX_CHANNEL_BYTES: usize = 164;
+/// The longest channel name Pusher accepts (an app may allow less).
+pub const MAX_CHANNEL_BYTES: usize = crate::config::MAX_CHANNEL_NAME_BYTES;
+
+/// The longest user id (presence `user_id`, sign-in `id`).
+pub const MAX_USER_ID_BYTES: usize = 128;
 
 /// One configured app.
 #[derive(Debug)]
@@ -41,6 +45,10 @@ impl App {
     /// The room of `channel`, if the name is a valid Pusher channel name.
     pub fn room(&self, channel: &str) -> Result<RoomName, ChannelError> {
         Channel::parse(channel)?;
+        let max = self.config.max_channel_name_bytes;
+        if channel.len() > max {
+            return Err(ChannelError::TooLong { max });
+        }
         RoomName::parse(&format!("{}:{channel}", self.namespace)).map_err(|_| ChannelError::BadName)
     }
 
@@ -116,6 +124,9 @@ pub enum ChannelKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Channel {
     pub kind: ChannelKind,
+    /// A cache channel (`cache-`, `private-cache-`, `presence-cache-`,
+    /// `private-encrypted-cache-`): a new subscriber gets its last event.
+    pub cache: bool,
 }
 
 /// Why a channel name was refused.
@@ -123,6 +134,9 @@ pub struct Channel {
 pub enum ChannelError {
     #[error("channel names are 1 to 164 characters of a-z, A-Z, 0-9 and -_=@,.;")]
     BadName,
+    /// Longer than the app's `max_channel_name_bytes`.
+    #[error("channel names of this app are at most {max} characters")]
+    TooLong { max: usize },
 }
 
 impl Channel {
@@ -142,7 +156,7 @@ impl Channel {
         } else {
             ChannelKind::Public
         };
-        Ok(Channel { kind })
+        Ok(Channel { kind, cache: crate::config::is_cache_channel(name) })
     }
 
     /// Whether subscribing needs a signed `auth`.
@@ -197,6 +211,13 @@ mod tests {
         }
         assert!(!Channel::parse("private-encrypted-x").unwrap().allows_client_events());
         assert!(Channel::parse("presence-x").unwrap().allows_client_events());
+        let cache = |name: &str| Channel::parse(name).map(|c| (c.kind, c.cache));
+        assert_eq!(cache("cache-x"), Ok((ChannelKind::Public, true)));
+        assert_eq!(cache("private-cache-x"), Ok((ChannelKind::Private, true)));
+        assert_eq!(cache("presence-cache-x"), Ok((ChannelKind::Presence, true)));
+        assert_eq!(cache("private-encrypted-cache-x"), Ok((ChannelKind::Encrypted, true)));
+        assert_eq!(cache("cachex"), Ok((ChannelKind::Public, false)));
+        assert_eq!(cache("private-x-cache-y"), Ok((ChannelKind::Private, false)));
     }
 
     #[test]
@@ -212,23 +233,18 @@ mod tests {
 
     #[test]
     fn an_apps_channels_are_rooms_of_its_own_namespace() {
-        let config = AppConfig {
-            id: "app-1".into(),
-            key: "k".into(),
-            secret: "s".into(),
-            enable_client_messages: false,
-            max_connections: Some(1),
-            max_message_bytes: 10240,
-            client_events_per_second: 10.0,
-            webhook_deadline_ms: 1000,
-            webhooks: Vec::new(),
-        };
-        let apps = PusherApps::new("node-1", &[config]);
+        let config = AppConfig { max_connections: Some(1), ..AppConfig::with_defaults("app-1", "k", "s") };
+        let apps = PusherApps::new(&[config]);
         let app = apps.by_key("k").unwrap();
         let room = app.room("presence-x").unwrap();
         assert_eq!(room.as_str(), "pusher-app-1:presence-x");
         assert_eq!(channel_of(&room), "presence-x");
         assert_eq!(app.room(&"x".repeat(MAX_CHANNEL_BYTES)).unwrap().as_str().len(), 7 + 5 + 1 + 164);
+        let short = AppConfig { max_channel_name_bytes: 10, ..AppConfig::with_defaults("app-2", "k2", "s") };
+        let short = PusherApps::new(&[short]);
+        let short = short.by_key("k2").unwrap();
+        assert!(short.room("x123456789").is_ok());
+        assert_eq!(short.room("x1234567890"), Err(ChannelError::TooLong { max: 10 }));
         assert!(app.try_connect_now(), "one slot");
         assert!(!app.try_connect_now(), "max_connections = 1");
         app.release_connection();

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::encode::{self, user_info};
-use super::{auth, socket_id, App, Channel, ChannelKind};
-use crate::fanout::{OutFrame, Outbound, SessionEntry};
+use super::{auth, limits, socket_id, App, Channel, ChannelKind, MAX_USER_ID_BYTES};
+use crate::fanout::{OutFrame, Outbound, Recover, RoomMessage, SessionEntry};
 use crate::gateway::limits::TokenBucket;
 use crate::gateway::writer::write_loop;
 use crate::gateway::{deadline_after, Gateway, Registration};
@@ -35,6 +35,8 @@ pub mod close {
     pub const BAD_VERSION: u16 = 4006;
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
     pub const NO_PROTOCOL: u16 = 4008;
+    /// `terminate_connections`: the app's server closed the user's connections.
+    pub const TERMINATED: u16 = 4009;
     pub const OVER_CAPACITY: u16 = 4100;
     pub const RECONNECT: u16 = 4200;
     pub const PONG_NOT_RECEIVED: u16 = 4201;
@@ -52,6 +54,7 @@ fn close_frame(code: CloseCode) -> CloseFrame {
         CloseCode::Overloaded | CloseCode::SlowConsumer => (close::OVER_CAPACITY, code.reason()),
         CloseCode::RateLimited => (close::RATE_LIMITED, "rate limit exceeded"),
         CloseCode::TooLarge => (1009, "message too large"),
+        CloseCode::Terminated => (close::TERMINATED, "You got disconnected by the app."),
         CloseCode::TokenExpired | CloseCode::Internal => (code.code(), code.reason()),
     };
     CloseFrame { code: WsCloseCode::from(code), reason: reason.into() }
@@ -247,9 +250,6 @@ struct ChannelData {
 /// cannot order yet (a leader election), before it reports the failure.
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The longest presence `user_id` (Pusher's own limit is 128 characters).
-const MAX_USER_ID_BYTES: usize = 128;
-
 struct Session {
     gateway: Arc<Gateway>,
     entry: Arc<SessionEntry>,
@@ -421,10 +421,16 @@ impl Session {
             },
             _ => (self.signed_in.clone().unwrap_or_else(|| Arc::clone(&self.entry.user)), "{}".to_string()),
         };
+        let within_limits =
+            limits::check_subscription(&self.app.config, &self.rooms, &room, channel, &user, &meta);
+        if let Err(refusal) = within_limits {
+            return self.send(fail("LimitReached", &refusal.to_string(), refusal.status()));
+        }
         let deadline = Instant::now() + SUBSCRIBE_PATIENCE;
         let mut wait = Duration::from_millis(50);
         let joined = loop {
-            match self.rooms.join_as(&room, Arc::clone(&user), meta.clone(), None).await {
+            let recover = channel.cache.then_some(Recover::Last);
+            match self.rooms.join_as(&room, Arc::clone(&user), meta.clone(), recover).await {
                 Err(error) if error.retryable() && Instant::now() + wait < deadline => {
                     debug!(%error, channel = channel_name, "subscription not ordered yet; retrying");
                     tokio::time::sleep(wait).await;
@@ -440,8 +446,12 @@ impl Session {
                 return self.send(fail(error_kind(&error), &error.to_string(), status));
             }
         };
+        if channel.kind == ChannelKind::Presence {
+            // `terminate_connections` of this user reaches this connection.
+            self.gateway.sessions.act_as(self.app.namespace(), &user, self.entry.conn);
+        }
         let service = Arc::clone(self.rooms.service());
-        service.join_point(&room, outcome.epoch, |snapshot, _position| {
+        service.join_point(&room, outcome.epoch, |snapshot, position| {
             let text = match channel.kind {
                 ChannelKind::Presence => {
                     let members = snapshot.map(|s| s.members).unwrap_or_default();
@@ -458,7 +468,26 @@ impl Session {
                 ),
             };
             self.send(text);
+            if let Some(last) = outcome.last.as_ref().filter(|last| last.at == position) {
+                self.replay_cached(channel_name, last.message.as_ref());
+            }
         });
+    }
+
+    /// Sends a new subscriber of a cache channel its last event, right
+    /// after `subscription_succeeded`, or `pusher:cache_miss` when there is
+    /// none. Called at the join point, and only when no live event reached
+    /// the subscriber since it became one (that event is newer).
+    fn replay_cached(&self, channel: &str, message: Option<&RoomMessage>) {
+        let Some(message) = message else {
+            self.send(encode::cache_miss(channel));
+            // Sent by this node, the only one that saw the miss.
+            self.gateway.pusher.webhooks.cache_miss(self.app.namespace(), channel);
+            return;
+        };
+        if let Some(text) = self.entry.encoder.message(message) {
+            let _ = self.entry.outbound.push(OutFrame { text, published: None });
+        }
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -484,6 +513,7 @@ impl Session {
             return self.send_error(Some(4009), "user_data must be a JSON object with an `id`");
         };
         self.signed_in = Some(Arc::from(id.as_str()));
+        self.gateway.sessions.act_as(self.app.namespace(), &id, self.entry.conn);
         #[derive(serde::Serialize)]
         struct Success<'a> {
             user_data: &'a str,
@@ -507,8 +537,9 @@ impl Session {
         if !channel.allows_client_events() {
             return self.send_error(None, "Client events are only allowed on private and presence channels");
         }
-        if event.len() > 200 {
-            return self.send_error(None, "Event names are at most 200 characters");
+        if event.len() > app.max_event_name_bytes {
+            let message = format!("Event names are at most {} characters", app.max_event_name_bytes);
+            return self.send_error(None, &message);
         }
         let Ok(room) = self.app.room(channel_name) else {
             return;

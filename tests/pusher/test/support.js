@@ -30,10 +30,16 @@ export function startPusherNodes(size, options = {}) {
   return startNodes(size, { ...options, extraConfig: APPS + (options.extraConfig || "") });
 }
 
+/** The key `private-encrypted-` channels' payloads are encrypted with (by the SDK; the server never sees it). */
+export const ENCRYPTION_MASTER_KEY = Buffer.alloc(32, 7).toString("base64");
+
 /** The `pusher` server SDK for `app` on `node`'s API listener. */
 export function serverSdk(node, app = APP) {
   const port = new URL(node.apiUrl).port;
-  return new PusherServer({ appId: app.id, key: app.key, secret: app.secret, host: "127.0.0.1", port, useTLS: false });
+  return new PusherServer({
+    appId: app.id, key: app.key, secret: app.secret, host: "127.0.0.1", port, useTLS: false,
+    encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY,
+  });
 }
 
 /**
