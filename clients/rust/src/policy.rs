@@ -226,6 +226,59 @@ mod tests {
         }
     }
 
+    /// The action a README "Action" cell describes: (action, rotate).
+    fn described(cell: &str, by_code: &std::collections::HashMap<String, (Action, bool)>) -> (Action, bool) {
+        if let Some(like) = cell.strip_prefix("fresh token, like ") {
+            return by_code[like.trim()];
+        }
+        let rotate = cell.contains("next URL");
+        if cell.starts_with("stop") {
+            return (Action::Stop, false);
+        }
+        if cell.starts_with("fresh token") {
+            return (Action::Refresh, rotate);
+        }
+        if cell.starts_with("wait `rate_limited_delay`") {
+            return (Action::Slow, rotate);
+        }
+        assert!(cell.starts_with("backoff"), "README action not understood: {cell}");
+        assert!(rotate || cell.contains("same URL"), "README says which URL: {cell}");
+        (Action::Reconnect, rotate)
+    }
+
+    #[test]
+    fn the_table_in_the_readme_is_the_table_in_the_code() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Reconnect policy").nth(1).unwrap().split("\n## ").next().unwrap();
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| Code") && !l.starts_with("|---"))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .map(|cells| cells[1..cells.len() - 1].to_vec())
+            .collect();
+        assert!(rows.len() >= 10, "README table rows: {}", rows.len());
+        let mut by_code = std::collections::HashMap::new();
+        for row in &rows {
+            let (codes, action) = (row[0], row[2]);
+            let expected = described(action, &by_code);
+            if codes == "any other" {
+                let policy = policy_for(CloseCause::Code(4321));
+                assert_eq!((policy.action, policy.rotate), expected, "any other");
+                continue;
+            }
+            for code in codes.split(',').map(str::trim) {
+                let cause = match code.strip_prefix("HTTP ") {
+                    Some(status) => CloseCause::Http(status.parse().unwrap()),
+                    None => CloseCause::Code(code.parse().unwrap_or_else(|_| panic!("code {code}"))),
+                };
+                let policy = policy_for(cause);
+                assert_eq!((policy.action, policy.rotate), expected, "README row for {code}");
+                assert!(by_code.insert(code.to_string(), expected).is_none(), "{code} listed twice");
+            }
+        }
+        assert_eq!(by_code.len(), 18, "every code of the table is in the README: {by_code:?}");
+    }
+
     #[test]
     fn a_lost_link_rotates_to_the_next_url_and_backs_off_more_each_attempt() {
         let mut reconnector = Reconnector::new(backoff(), 3);

@@ -6,6 +6,9 @@
 //! each input, and a write that fails counts as a lost link. Decisions about
 //! reconnecting are [`crate::policy`]'s; the driver only applies them.
 
+mod joins;
+mod publishes;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -25,11 +28,12 @@ use crate::session::{
 };
 use crate::wire::{JoinResult, Member, Message, PublishResult, Welcome};
 
-/// Ceiling of the first retry of a join answered `unavailable` (a failover).
-const UNAVAILABLE_FIRST_RETRY: Duration = Duration::from_millis(200);
-
 type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
-type Opening = JoinHandle<Result<(Socket, Welcome), ClientError>>;
+/// An open socket past its `welcome`.
+type Opened = (Socket, Welcome);
+type Opening = JoinHandle<Result<Opened, ClientError>>;
+/// How a connection attempt ended.
+type OpenOutcome = Result<Result<Opened, ClientError>, tokio::task::JoinError>;
 
 pub(crate) fn spawn(
     options: SessionOptions,
@@ -101,7 +105,7 @@ enum Timer {
 enum Input {
     Frame(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
     Command(Option<Command>),
-    Opened(Result<Result<(Socket, Welcome), ClientError>, tokio::task::JoinError>),
+    Opened(Box<OpenOutcome>),
     Timer,
     Watchdog,
 }
@@ -158,7 +162,7 @@ impl Driver {
         let commands_open = self.commands_open;
         tokio::select! {
             frame = async { match link { Some(link) => link.ws.next().await, None => std::future::pending().await } } => Input::Frame(frame),
-            opened = async { match opening { Some(task) => task.await, None => std::future::pending().await } } => Input::Opened(opened),
+            opened = async { match opening { Some(task) => task.await, None => std::future::pending().await } } => Input::Opened(Box::new(opened)),
             command = async { if commands_open { commands.recv().await } else { std::future::pending().await } } => Input::Command(command),
             () = sleep_until(next_timer) => Input::Timer,
             () = sleep_until(watchdog) => Input::Watchdog,
@@ -170,7 +174,7 @@ impl Driver {
             Input::Frame(frame) => self.on_frame(frame),
             Input::Opened(opened) => {
                 self.opening = None;
-                self.on_opened(opened);
+                self.on_opened(*opened);
             }
             Input::Command(Some(command)) => self.on_command(command),
             Input::Command(None) => {
@@ -219,7 +223,7 @@ impl Driver {
         self.opening = Some(tokio::spawn(async move { open(url, token, origin, limit).await }));
     }
 
-    fn on_opened(&mut self, opened: Result<Result<(Socket, Welcome), ClientError>, tokio::task::JoinError>) {
+    fn on_opened(&mut self, opened: OpenOutcome) {
         let (ws, welcome) = match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(ClientError::Rejected { status, body, .. })) => {
@@ -441,24 +445,6 @@ impl Driver {
         self.send_request(json!({"type": "leave", "room": name}), Pending::Leave { reply });
     }
 
-    fn publish(&mut self, name: &str, data: Value, reply: Reply<PublishResult>) {
-        let Some(room) = self.rooms.get(name) else {
-            let _ = reply.send(Err(SessionError::Left(name.to_string())));
-            return;
-        };
-        // Never overtake a publish of the room that waits in the queue.
-        let send_now = self.link.is_some() && room.phase == Phase::Joined && !self.outbox.has_queued(name);
-        let (seq, dropped) = self.outbox.push(name, data, reply);
-        fail_all(dropped, || SessionError::QueueOverflow);
-        if self.outbox.get(seq).is_none() {
-            return;
-        }
-        self.arm(self.options.request_timeout, Timer::PublishDeadline { seq });
-        if send_now {
-            self.send_publish(seq);
-        }
-    }
-
     // --- requests and replies --------------------------------------------------
 
     fn send_request(&mut self, mut frame: Value, pending: Pending) -> u64 {
@@ -472,23 +458,6 @@ impl Driver {
         self.pending.insert(id, pending);
         self.outgoing.push(WsMessage::text(frame.to_string()));
         id
-    }
-
-    fn send_publish(&mut self, seq: u64) {
-        let Some(item) = self.outbox.get(seq) else { return };
-        // `idem` names the publish on this connection: a retry carries the
-        // same key, so the owner never sequences it twice, and the server
-        // holds the room's later publishes back until it comes (G9).
-        let frame =
-            json!({"type": "publish", "room": item.room, "data": item.data, "idem": Outbox::<()>::idem(seq)});
-        let id = self.send_request(frame, Pending::Publish { seq });
-        self.outbox.sent(seq, id);
-    }
-
-    fn flush_room(&mut self, room: &str) {
-        for seq in self.outbox.queued(room) {
-            self.send_publish(seq);
-        }
     }
 
     fn on_reply(&mut self, id: u64, outcome: Result<Value, SessionError>) {
@@ -510,119 +479,6 @@ impl Driver {
             Some(Pending::Request { reply }) => drop(reply.send(outcome)),
             None => {}
         }
-    }
-
-    fn on_publish_reply(&mut self, seq: u64, outcome: Result<Value, SessionError>) {
-        let retry = match &outcome {
-            Err(error) => {
-                self.options.retry_publish && matches!(error.code(), "unavailable" | "rate_limited")
-            }
-            Ok(_) => false,
-        };
-        if retry {
-            // G9: the server refuses the room's later publishes too; they
-            // all go back into the queue in call order and are sent again
-            // together, so the retries keep the order.
-            let Some(room) = self.outbox.get(seq).map(|item| item.room.clone()) else { return };
-            let dropped = self.outbox.requeue(seq);
-            fail_all(dropped, || SessionError::QueueOverflow);
-            let wait = match &outcome {
-                Err(SessionError::Server { retry_after_ms: Some(ms), .. }) => Duration::from_millis(*ms),
-                _ => self.options.min_reconnect_delay,
-            };
-            self.arm_publish_retry(&room, wait);
-            return;
-        }
-        let Some(item) = self.outbox.take(seq) else { return };
-        let result = outcome.and_then(|value| parse::<PublishResult>(value, "publish"));
-        let _ = item.waiter.send(result);
-    }
-
-    fn arm_publish_retry(&mut self, name: &str, wait: Duration) {
-        let Some(room) = self.rooms.get_mut(name) else { return };
-        if room.publish_retry_armed {
-            return;
-        }
-        room.publish_retry_armed = true;
-        self.arm(wait, Timer::PublishRetry { room: name.to_string() });
-    }
-
-    // --- joins: at most max_joins_in_flight at once ------------------------------
-
-    fn schedule_join(&mut self, name: &str) {
-        let generation = self.generation;
-        let Some(room) = self.rooms.get_mut(name) else { return };
-        if self.link.is_none() || room.join_generation == Some(generation) {
-            return;
-        }
-        room.join_generation = Some(generation);
-        self.join_queue.push_back(name.to_string());
-        self.pump_joins();
-    }
-
-    fn pump_joins(&mut self) {
-        if self.link.is_none() || self.joins_paused {
-            return;
-        }
-        while self.joins_in_flight < self.options.max_joins_in_flight {
-            let Some(name) = self.join_queue.pop_front() else { return };
-            let Some(room) = self.rooms.get_mut(&name) else { continue };
-            if room.phase != Phase::Joining || room.join_in_flight {
-                continue;
-            }
-            room.join_in_flight = true;
-            let frame = room.join_frame();
-            self.joins_in_flight += 1;
-            self.send_request(frame, Pending::Join { room: name });
-        }
-    }
-
-    fn on_join_reply(&mut self, name: &str, outcome: Result<Value, SessionError>) {
-        self.joins_in_flight = self.joins_in_flight.saturating_sub(1);
-        let Some(room) = self.rooms.get_mut(name) else { return self.pump_joins() };
-        room.join_in_flight = false;
-        let outcome = outcome.and_then(|value| parse::<JoinResult>(value, "join"));
-        match outcome {
-            Ok(result) => {
-                for event in room.joined(&result) {
-                    self.emit(event);
-                }
-                for waiter in self.join_waiters.remove(name).unwrap_or_default() {
-                    let _ = waiter.send(Ok(result.clone()));
-                }
-                self.flush_room(name);
-            }
-            Err(error) if error.code() == "rate_limited" => {
-                self.join_queue.push_front(name.to_string());
-                let base = retry_after(&error)
-                    .unwrap_or(self.options.min_reconnect_delay)
-                    .max(Duration::from_millis(1));
-                let jitter = base.max(Duration::from_millis(50)).mul_f64(rand::random::<f64>());
-                self.joins_paused = true;
-                self.arm(base + jitter, Timer::JoinResume { generation: self.generation });
-            }
-            Err(error)
-                if error.code() == "unavailable"
-                    || (error == SessionError::Timeout && room.joined_once()) =>
-            {
-                // Joins are idempotent: retry (a first join that times out fails instead).
-                let wait = if error.code() == "unavailable" {
-                    unavailable_delay(room, retry_after(&error))
-                } else {
-                    self.options.min_reconnect_delay
-                };
-                self.arm(wait, Timer::JoinRetry { room: name.to_string(), generation: self.generation });
-            }
-            Err(error) => {
-                self.rooms.remove(name);
-                fail_all(self.outbox.take_room(name), || error.clone());
-                for waiter in self.join_waiters.remove(name).unwrap_or_default() {
-                    let _ = waiter.send(Err(error.clone()));
-                }
-                self.emit(SessionEvent::RoomFailed { room: name.to_string(), error });
-            }
-        }
-        self.pump_joins();
     }
 
     // --- timers --------------------------------------------------------------------
@@ -649,11 +505,15 @@ impl Driver {
             Timer::RequestTimeout { id } if self.pending.contains_key(&id) => {
                 self.on_reply(id, Err(SessionError::Timeout))
             }
-            Timer::JoinRetry { room, generation } if generation == self.generation => {
-                if self.rooms.get(&room).is_some_and(|r| r.phase == Phase::Joining && !r.join_in_flight) {
-                    self.join_queue.push_back(room);
-                    self.pump_joins();
-                }
+            Timer::JoinRetry { room, generation }
+                if generation == self.generation
+                    && self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|r| r.phase == Phase::Joining && !r.join_in_flight) =>
+            {
+                self.join_queue.push_back(room);
+                self.pump_joins();
             }
             Timer::JoinResume { generation } if generation == self.generation => {
                 self.joins_paused = false;
@@ -730,19 +590,6 @@ fn retry_after(error: &SessionError) -> Option<Duration> {
         SessionError::Server { retry_after_ms: Some(ms), .. } => Some(Duration::from_millis(*ms)),
         _ => None,
     }
-}
-
-/// The wait before re-sending a join answered `unavailable` (no Raft leader
-/// yet: a failover, usually over in 0.5 to 2 s): at most 200 ms first, not
-/// the whole `retry_after_ms`, growing by a quarter on each repeat up to
-/// it, jittered within [ceiling/2, ceiling] (as the JS client).
-fn unavailable_delay(room: &mut Room, retry_after: Option<Duration>) -> Duration {
-    let retries = room.unavailable_retries;
-    room.unavailable_retries += 1;
-    let first = retry_after.unwrap_or(UNAVAILABLE_FIRST_RETRY).min(UNAVAILABLE_FIRST_RETRY);
-    let cap = retry_after.unwrap_or_default().max(first);
-    let ceiling = first.mul_f64(1.25f64.powi(retries.min(20) as i32)).min(cap);
-    ceiling / 2 + ceiling.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 fn fail_all<W>(items: Vec<crate::outbox::Item<Reply<W>>>, error: impl Fn() -> SessionError) {
