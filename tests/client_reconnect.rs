@@ -6,8 +6,10 @@
 //! `recovered: true`, and has every acknowledged publish exactly once, in
 //! one gapless order (G8), without the caller doing anything.
 //!
-//! Two kills: A is a plain member's node (the room is owned elsewhere), and
-//! A owns the room (the owner moves, the epoch continues).
+//! Three kills: A is a plain member's node (the room is owned elsewhere);
+//! A owns the room (the owner moves, the epoch continues; the publisher's
+//! `Session` retries what is refused `unavailable`, in order); A is the
+//! Raft leader and owns the room (an election as well).
 
 mod common;
 
@@ -60,22 +62,29 @@ impl Recorded {
 }
 
 /// Publishes `{"n": n}` every `PUBLISH_EVERY` until `stop`; the task's
-/// result is every acknowledged publish: (epoch, offset, n).
-fn publish_loop(session: Session, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(u64, u64, u64)>> {
+/// result is every acknowledged publish, (epoch, offset, n), and the
+/// longest a publish took (retries after `unavailable` included).
+fn publish_loop(
+    session: Session,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<(u64, u64, u64)>, Duration)> {
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
+        let mut slowest = Duration::ZERO;
         for n in 0.. {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             let at = tokio::time::Instant::now();
-            match session.publish(ROOM, json!({ "n": n })).await {
+            let outcome = session.publish(ROOM, json!({ "n": n })).await;
+            slowest = slowest.max(at.elapsed());
+            match outcome {
                 Ok(result) => acknowledged.push((result.epoch, result.offset, n)),
                 Err(error) => eprintln!("publish {n}: {error}"),
             }
             tokio::time::sleep_until(at + PUBLISH_EVERY).await;
         }
-        acknowledged
+        (acknowledged, slowest)
     })
 }
 
@@ -86,6 +95,8 @@ enum Victim {
     SessionsNode,
     /// The session's node, which owns the room.
     SessionsNodeOwningTheRoom,
+    /// The session's node, the Raft leader, which owns the room.
+    LeaderOwningTheRoom,
 }
 
 async fn room_owner(cluster: &ProcessCluster, on: usize) -> String {
@@ -101,16 +112,20 @@ async fn session_survives_the_kill_of_its_node(name: &str, victim: Victim) {
     let mut cluster = ProcessCluster::example(name);
     let (leader, took) = cluster.form().await;
     eprintln!("formed in {took:?}");
-    // A: the session's node, a follower (no election in the way); B: the
-    // leader; C: the publisher's node.
+    // A: the session's node, a follower (no election in the way) unless
+    // the leader is the victim; B: another node, first in A's fallbacks;
+    // C: the publisher's node.
     let followers = cluster.followers(leader);
-    let (a, b, c) = (followers[0], leader, followers[1]);
+    let (a, b, c) = match victim {
+        Victim::LeaderOwningTheRoom => (leader, followers[0], followers[1]),
+        _ => (followers[0], leader, followers[1]),
+    };
     let url = |i: usize| cluster.specs[i].ws_url();
 
     // The room's first member decides its owner: B's anchor, or the session on A.
     let _anchor = match victim {
         Victim::SessionsNode => Some(cluster.member(b, "anchor", ROOM).await),
-        Victim::SessionsNodeOwningTheRoom => None,
+        Victim::SessionsNodeOwningTheRoom | Victim::LeaderOwningTheRoom => None,
     };
     let options = SessionOptions::new([url(a)])
         .fallback_urls([url(b), url(c)])
@@ -173,7 +188,7 @@ async fn session_survives_the_kill_of_its_node(name: &str, victim: Victim) {
     })
     .await;
     stop.store(true, Ordering::Relaxed);
-    let acknowledged =
+    let (acknowledged, slowest) =
         tokio::time::timeout(PATIENCE, publishing).await.expect("the publisher stops").unwrap();
     let last = acknowledged.last().copied().expect("publishes were acknowledged");
     eventually("the last acknowledged publish arrived", PATIENCE, async || {
@@ -201,7 +216,7 @@ async fn session_survives_the_kill_of_its_node(name: &str, victim: Victim) {
     let sent: Vec<u64> = messages.iter().filter_map(|m| m.2["n"].as_u64()).collect();
     assert!(sent.windows(2).all(|w| w[0] < w[1]), "the publisher's order: {sent:?}");
     eprintln!(
-        "{} acknowledged, {} delivered, moved to {moved_to}, disconnected by {disconnected:?}",
+        "{} acknowledged, {} delivered, slowest publish {slowest:?}, moved to {moved_to}, disconnected by {disconnected:?}",
         acknowledged.len(),
         messages.len()
     );
@@ -217,4 +232,10 @@ async fn a_session_whose_node_is_killed_rejoins_elsewhere_and_gets_every_acknowl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_the_killed_owner_rejoins_elsewhere_and_gets_every_acknowledged_message_once() {
     session_survives_the_kill_of_its_node("session-owner-kill", Victim::SessionsNodeOwningTheRoom).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_the_killed_leader_and_owner_rejoins_elsewhere_and_gets_every_acknowledged_message_once()
+{
+    session_survives_the_kill_of_its_node("session-leader-kill", Victim::LeaderOwningTheRoom).await;
 }
