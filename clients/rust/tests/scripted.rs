@@ -3,12 +3,15 @@
 //! publish with `unavailable`, close with a chosen code). Each server
 //! accepts when the script says so and checks every frame the session sends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use starling_client::{CloseCause, Session, SessionError, SessionEvent, SessionEvents, SessionOptions};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -33,16 +36,23 @@ impl Server {
     /// Accepts the next connection and sends its `welcome`.
     async fn accept(&self, conn: &str) -> Peer {
         let (stream, _) = within(self.listener.accept()).await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let mut authorization = None;
+        let callback = |request: &Request, response: Response| {
+            authorization = request.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+            Ok(response)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
         let welcome =
             json!({"type": "welcome", "conn": conn, "node": "scripted", "user": "u", "heartbeat_ms": 25000});
         ws.send(WsMessage::text(welcome.to_string())).await.unwrap();
-        Peer { ws }
+        Peer { ws, authorization }
     }
 }
 
 struct Peer {
     ws: WebSocketStream<tokio::net::TcpStream>,
+    /// The `Authorization` header of the upgrade.
+    authorization: Option<String>,
 }
 
 impl Peer {
@@ -257,4 +267,77 @@ async fn a_full_offline_queue_drops_the_oldest_publish() {
     joined.unwrap();
     assert_eq!(oldest, Err(SessionError::QueueOverflow));
     assert_eq!(newest.unwrap().offset, 1);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_asked_for_again_and_the_session_reconnects_at_once() {
+    let server = Server::bind().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let options = fast(&[&server])
+        .reconnect_delay(Duration::from_secs(30), Duration::from_secs(30))
+        .token_provider(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(format!("token-{n}")) }
+        });
+    let (session, mut events) = Session::start(options);
+    let peer = joined(&session, &server, 1, 0).await;
+    assert_eq!(peer.authorization.as_deref(), Some("Bearer token-0"));
+    peer.close(1008).await;
+    // With a 30 s backoff, only the "reconnect at once" of 1008 gets here in time.
+    let mut peer = server.accept("c2").await;
+    assert_eq!(peer.authorization.as_deref(), Some("Bearer token-1"), "a fresh token");
+    let join = peer.recv().await;
+    assert_eq!(join["since"], json!({"epoch": 1, "offset": 0}));
+    let delay = next_matching(&mut events, |e| match e {
+        SessionEvent::Disconnected { cause: CloseCause::Code(1008), delay, .. } => Some(delay),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delay, Duration::ZERO);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_refused_rejoin_fails_the_room_and_its_publishes() {
+    let (first, second) = (Server::bind().await, Server::bind().await);
+    let (session, mut events) = Session::start(fast(&[&first, &second]));
+    drop(joined(&session, &first, 1, 0).await);
+    let mut peer = second.accept("c2").await;
+    let join = peer.recv().await;
+    peer.refuse(&join, "forbidden", 0).await;
+    let (room, error) = next_matching(&mut events, |e| match e {
+        SessionEvent::RoomFailed { room, error } => Some((room, error)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((room.as_str(), error.code()), ("chat:a", "forbidden"));
+    assert_eq!(session.publish("chat:a", json!(1)).await, Err(SessionError::Left("chat:a".into())));
+}
+
+#[tokio::test]
+async fn a_room_left_is_not_joined_again_after_a_reconnect() {
+    let (first, second) = (Server::bind().await, Server::bind().await);
+    let (session, mut events) = Session::start(fast(&[&first, &second]));
+    let mut peer = joined(&session, &first, 1, 0).await;
+    let (left, ()) = tokio::join!(session.leave("chat:a"), async {
+        let leave = peer.recv().await;
+        assert_eq!((leave["type"].as_str(), leave["room"].as_str()), (Some("leave"), Some("chat:a")));
+        peer.reply(&leave, json!({})).await;
+    });
+    left.unwrap();
+    assert_eq!(session.publish("chat:a", json!(1)).await, Err(SessionError::Left("chat:a".into())));
+    drop(peer);
+    let mut peer = second.accept("c2").await;
+    let url = second.url();
+    next_matching(&mut events, |e| {
+        matches!(e, SessionEvent::Connected { url: u, .. } if u == url).then_some(())
+    })
+    .await;
+    let (presence, ()) = tokio::join!(session.presence("chat:b"), async {
+        let first_frame = peer.recv().await;
+        assert_eq!(first_frame["type"], "presence", "no join of the room left: {first_frame}");
+        peer.reply(&first_frame, json!({"members": []})).await;
+    });
+    assert_eq!(presence.unwrap(), []);
 }

@@ -561,7 +561,10 @@ async fn open(
 ) -> Result<(Socket, Welcome), ClientError> {
     let attempt = async {
         let token = token.token().await.map_err(|e| ClientError::Protocol(format!("token provider: {e}")))?;
-        let mut options = ConnectOptions::new(url).token(token).reply_timeout(limit);
+        let mut options = ConnectOptions::new(url).reply_timeout(limit);
+        if !token.is_empty() {
+            options = options.token(token);
+        }
         if let Some(origin) = origin {
             options = options.origin(origin);
         }
