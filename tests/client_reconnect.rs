@@ -61,13 +61,16 @@ impl Recorded {
     }
 }
 
+/// An acknowledged publish: (epoch, offset, n).
+type Acknowledged = (u64, u64, u64);
+
 /// Publishes `{"n": n}` every `PUBLISH_EVERY` until `stop`; the task's
 /// result is every acknowledged publish, (epoch, offset, n), and the
 /// longest a publish took (retries after `unavailable` included).
 fn publish_loop(
     session: Session,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(u64, u64, u64)>, Duration)> {
+) -> tokio::task::JoinHandle<(Vec<Acknowledged>, Duration)> {
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         let mut slowest = Duration::ZERO;

@@ -37,6 +37,8 @@ impl Server {
     async fn accept(&self, conn: &str) -> Peer {
         let (stream, _) = within(self.listener.accept()).await.unwrap();
         let mut authorization = None;
+        // The callback's error type is tungstenite's (an HTTP response).
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
             authorization = request.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
             Ok(response)
