@@ -41,7 +41,8 @@
 //! - `room`: what a session remembers of each joined room (position,
 //!   messages held while a join is in flight); pure.
 //! - [`session`]: the [`Session`] handle, its options, events and errors.
-//! - `driver`: the task that owns a session's socket and state.
+//! - `driver`: the task that owns a session's socket and state (its
+//!   commands, joins, publishes and timers in one file each).
 
 #![forbid(unsafe_code)]
 

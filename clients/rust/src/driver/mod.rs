@@ -6,8 +6,10 @@
 //! each input, and a write that fails counts as a lost link. Decisions about
 //! reconnecting are [`crate::policy`]'s; the driver only applies them.
 
+mod commands;
 mod joins;
 mod publishes;
+mod timers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::connection::{self, ClientError, ConnectOptions, Socket};
-use crate::outbox::{Outbox, State as OutboxState};
+use crate::outbox::Outbox;
 use crate::policy::{Backoff, CloseCause, Decision, Reconnector};
 use crate::room::{Phase, Room};
 use crate::session::{
@@ -383,68 +385,6 @@ impl Driver {
         self.emit(SessionEvent::Closed { cause, reason: reason.to_string() });
     }
 
-    // --- commands --------------------------------------------------------------
-
-    fn on_command(&mut self, command: Command) {
-        if self.stopped {
-            return refuse_closed(command);
-        }
-        match command {
-            Command::Join { room, meta, reply } => self.join(room, meta, reply),
-            Command::Leave { room, reply } => self.leave(&room, reply),
-            Command::Publish { room, data, reply } => self.publish(&room, data, reply),
-            Command::Request { frame, reply } => {
-                if self.link.is_none() {
-                    let _ = reply.send(Err(SessionError::Disconnected));
-                    return;
-                }
-                self.send_request(frame, Pending::Request { reply });
-            }
-            Command::Close => self.stop(None, "client closed", true),
-        }
-    }
-
-    fn join(&mut self, name: String, meta: Option<Value>, reply: Reply<JoinResult>) {
-        if let Some(room) = self.rooms.get(&name) {
-            match (room.phase, room.since()) {
-                (Phase::Joined, Some(at)) => {
-                    let result = JoinResult {
-                        room: name,
-                        epoch: at.epoch,
-                        offset: at.offset,
-                        members: None,
-                        recovered: None,
-                    };
-                    let _ = reply.send(Ok(result));
-                }
-                _ => self.join_waiters.entry(name).or_default().push(reply),
-            }
-            return;
-        }
-        self.rooms.insert(name.clone(), Room::new(&name, meta));
-        self.join_waiters.entry(name.clone()).or_default().push(reply);
-        self.schedule_join(&name);
-    }
-
-    fn leave(&mut self, name: &str, reply: Reply<()>) {
-        let Some(room) = self.rooms.remove(name) else {
-            let _ = reply.send(Ok(()));
-            return;
-        };
-        fail_all(self.outbox.take_room(name), || SessionError::Left(name.to_string()));
-        for waiter in self.join_waiters.remove(name).unwrap_or_default() {
-            let _ = waiter.send(Err(SessionError::Left(name.to_string())));
-        }
-        // A join in flight takes effect first: the server handles one
-        // connection's requests in order, so this leave removes it.
-        let on_server = room.phase == Phase::Joined || room.join_in_flight;
-        if !on_server || self.link.is_none() {
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        self.send_request(json!({"type": "leave", "room": name}), Pending::Leave { reply });
-    }
-
     // --- requests and replies --------------------------------------------------
 
     fn send_request(&mut self, mut frame: Value, pending: Pending) -> u64 {
@@ -478,65 +418,6 @@ impl Driver {
             Some(Pending::Publish { seq }) => self.on_publish_reply(seq, outcome),
             Some(Pending::Request { reply }) => drop(reply.send(outcome)),
             None => {}
-        }
-    }
-
-    // --- timers --------------------------------------------------------------------
-
-    fn arm(&mut self, after: Duration, timer: Timer) {
-        self.timer_seq += 1;
-        self.timers.insert((Instant::now() + after, self.timer_seq), timer);
-    }
-
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let timer = entry.remove();
-            self.fire(timer);
-        }
-    }
-
-    fn fire(&mut self, timer: Timer) {
-        match timer {
-            Timer::Reconnect { generation } if generation == self.generation && !self.stopped => self.open(),
-            Timer::RequestTimeout { id } if self.pending.contains_key(&id) => {
-                self.on_reply(id, Err(SessionError::Timeout))
-            }
-            Timer::JoinRetry { room, generation }
-                if generation == self.generation
-                    && self
-                        .rooms
-                        .get(&room)
-                        .is_some_and(|r| r.phase == Phase::Joining && !r.join_in_flight) =>
-            {
-                self.join_queue.push_back(room);
-                self.pump_joins();
-            }
-            Timer::JoinResume { generation } if generation == self.generation => {
-                self.joins_paused = false;
-                self.pump_joins();
-            }
-            Timer::PublishRetry { room } => {
-                let Some(state) = self.rooms.get_mut(&room) else {
-                    return fail_all(self.outbox.take_room(&room), || SessionError::Left(room.clone()));
-                };
-                state.publish_retry_armed = false;
-                // While re-joining, the queue is flushed after the join reply.
-                if state.phase == Phase::Joined && self.link.is_some() {
-                    self.flush_room(&room);
-                }
-            }
-            Timer::PublishDeadline { seq } => {
-                let Some(item) = self.outbox.take(seq) else { return };
-                if let OutboxState::InFlight(id) = item.state {
-                    self.pending.remove(&id);
-                }
-                let _ = item.waiter.send(Err(SessionError::Timeout));
-            }
-            _ => {}
         }
     }
 
