@@ -116,6 +116,13 @@ test("one node sends every event type once, signed, retried after a failure, and
     { name: "member_added", channel: "presence-room", user_id: "ada" },
     { name: "member_removed", channel: "presence-room", user_id: "ada" },
   ]);
+  // A cache channel with nothing cached: cache_miss, from the subscriber's node.
+  await subscribe(ada, "cache-news");
+  await eventually("cache_miss and occupied", () => receiver.events().length === 7);
+  assert.deepEqual(
+    brief(receiver.events().slice(5)).sort((a, b) => a.name.localeCompare(b.name)),
+    [{ name: "cache_miss", channel: "cache-news" }, { name: "channel_occupied", channel: "cache-news" }],
+  );
   assert.equal(receiver.badSignatures, 0);
 });
 
