@@ -234,14 +234,14 @@ mod tests {
     #[test]
     fn an_apps_channels_are_rooms_of_its_own_namespace() {
         let config = AppConfig { max_connections: Some(1), ..AppConfig::with_defaults("app-1", "k", "s") };
-        let apps = PusherApps::new(&[config]);
+        let apps = PusherApps::new("node-1", &[config]);
         let app = apps.by_key("k").unwrap();
         let room = app.room("presence-x").unwrap();
         assert_eq!(room.as_str(), "pusher-app-1:presence-x");
         assert_eq!(channel_of(&room), "presence-x");
         assert_eq!(app.room(&"x".repeat(MAX_CHANNEL_BYTES)).unwrap().as_str().len(), 7 + 5 + 1 + 164);
         let short = AppConfig { max_channel_name_bytes: 10, ..AppConfig::with_defaults("app-2", "k2", "s") };
-        let short = PusherApps::new(&[short]);
+        let short = PusherApps::new("node-1", &[short]);
         let short = short.by_key("k2").unwrap();
         assert!(short.room("x123456789").is_ok());
         assert_eq!(short.room("x1234567890"), Err(ChannelError::TooLong { max: 10 }));
