@@ -243,6 +243,12 @@ impl OutboxSender {
         }
         let batch = self.replicator.pending_hooks(namespace, *cursor, MAX_BATCH_EVENTS);
         let Some(last) = batch.last().map(|hook| hook.id) else {
+            // Delivered, but the acknowledgement did not commit: propose it
+            // again, or the next leader would send those events twice.
+            let head = self.replicator.pending_hooks(namespace, 0, 1);
+            if head.first().is_some_and(|hook| hook.id <= *cursor) {
+                self.acknowledge(cursor, *cursor).await;
+            }
             return false;
         };
         if let Err(error) = self.replicator.confirm_leader().await {
