@@ -11,8 +11,8 @@
 //! protocol. The hub never decides membership (it only mirrors what `rooms`
 //! decided) and knows no wire protocol.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -142,7 +142,25 @@ pub struct DeliveryRefused;
 /// its way here).
 const HELD_FRAMES_PER_ROOM: usize = 256;
 
-/// A message of a future epoch, waiting for that epoch's owner change.
+/// Frames held, at most, for rooms this node does not know yet: the Raft
+/// entry that opened the room is committed but not applied here yet, and
+/// the owner's first messages arrived first. Without them this node would
+/// lack the room's first messages (history that recovery needs).
+const EARLY_FRAMES: usize = 1024;
+
+/// How long a frame for a room this node does not know is kept: longer
+/// than any apply lag of a live node, shorter than anything a caller waits.
+const EARLY_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a join with `since` waits for this node to hold the room's
+/// messages up to that position before it is served (see
+/// [`Hub::catch_up`]): a new owner's takeover brings a survivor every
+/// message any live node holds within this, even when the dead node was
+/// also the Raft leader.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A message of a future epoch, waiting for that epoch's owner change (or
+/// of a room not applied here yet, waiting for the room to open).
 #[derive(Debug)]
 struct HeldFrame {
     node: Arc<str>,
@@ -283,6 +301,13 @@ pub struct Hub {
     recoveries: Mutex<HashMap<(ConnId, RoomName), PendingRecovery>>,
     /// Counts finished takeovers, so publishes waiting for one wake up.
     takeovers: tokio::sync::watch::Sender<u64>,
+    /// Frames of rooms not opened here yet, oldest first, with the time
+    /// each arrived (at most `EARLY_FRAMES`, each for `EARLY_FRAME_WAIT`).
+    early: Mutex<VecDeque<(Instant, HeldFrame)>>,
+    /// Joins waiting in [`Hub::catch_up`], and how they are woken when a
+    /// room's position moves (only signalled while one waits).
+    catching_up: AtomicUsize,
+    progress: tokio::sync::Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -310,6 +335,9 @@ impl Hub {
             budget: HistoryBudget::new(history_bytes),
             recoveries: Mutex::default(),
             takeovers: tokio::sync::watch::Sender::new(0),
+            early: Mutex::default(),
+            catching_up: AtomicUsize::new(0),
+            progress: tokio::sync::Notify::new(),
         }
     }
 
@@ -702,6 +730,53 @@ impl Hub {
     fn start_new_epoch(&self, local: &mut LocalRoom, epoch: u64) {
         self.drop_history(local);
         local.start_epoch(epoch.max(local.epoch + 1));
+        self.progressed();
+    }
+
+    /// A room's position moved: wakes the joins waiting in
+    /// [`Hub::catch_up`] (a load of one counter when none waits).
+    fn progressed(&self) {
+        if self.catching_up.load(Ordering::SeqCst) > 0 {
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Waits (at most `CATCH_UP_WAIT`) until this node holds `room`'s
+    /// messages up to `since`, the position a re-joining client last saw.
+    /// A client that moved off a dead node can reach a survivor before the
+    /// room's new owner has made every live node hold every message any of
+    /// them got; served earlier, its `since` would look ahead of this node
+    /// and could not be recovered. Returns at once when the node is there
+    /// already, the room is unknown here or has moved to a later epoch;
+    /// after the wait the join goes on and is answered as it stands.
+    pub async fn catch_up(&self, room: &RoomName, since: Position) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        self.catching_up.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.catching_up);
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_behind(room, since) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether this node has not reached `since` in `room` yet.
+    fn is_behind(&self, room: &RoomName, since: Position) -> bool {
+        let Some(local) = self.room(room) else { return false };
+        let local = lock(&local);
+        local.epoch < since.epoch || (local.epoch == since.epoch && local.last_offset < since.offset)
     }
 
     /// Takes a message sequenced by the room's owner on another node. Only
@@ -720,10 +795,64 @@ impl Hub {
         message: RoomMessage,
         published_at: Instant,
     ) -> Result<Option<Position>, DeliveryRefused> {
-        let Some(local) = self.room(&message.room) else {
-            return Ok(None);
-        };
-        let mut local = lock(&local);
+        match self.room(&message.room) {
+            Some(local) => self.deliver_to(&local, from, message, published_at),
+            None => self.hold_early(from, message, published_at),
+        }
+    }
+
+    /// Keeps a frame of a room this node has not opened yet, for
+    /// `RoomOpened` to deliver (see `EARLY_FRAMES`). A frame of a room that
+    /// closed here arrives late and expires unused.
+    fn hold_early(
+        &self,
+        from: FrameSender<'_>,
+        message: RoomMessage,
+        published_at: Instant,
+    ) -> Result<Option<Position>, DeliveryRefused> {
+        let mut early = lock(&self.early);
+        // Checked again under the lock: `RoomOpened` inserts the room, then
+        // takes its frames under this lock, so none is left behind.
+        if let Some(local) = self.room(&message.room) {
+            drop(early);
+            return self.deliver_to(&local, from, message, published_at);
+        }
+        let now = Instant::now();
+        while early.front().is_some_and(|(at, _)| now.duration_since(*at) > EARLY_FRAME_WAIT) {
+            early.pop_front();
+        }
+        if early.len() < EARLY_FRAMES {
+            let frame = HeldFrame {
+                node: Arc::from(from.node),
+                incarnation: from.incarnation,
+                message,
+                published_at,
+            };
+            early.push_back((now, frame));
+        }
+        Ok(None)
+    }
+
+    /// Takes the frames held for `room` before it opened here.
+    fn take_early(&self, room: &RoomName) -> Vec<HeldFrame> {
+        let mut early = lock(&self.early);
+        if early.is_empty() {
+            return Vec::new();
+        }
+        let (taken, kept): (Vec<_>, Vec<_>) =
+            early.drain(..).partition(|(_, frame)| frame.message.room == *room);
+        early.extend(kept);
+        taken.into_iter().map(|(_, frame)| frame).collect()
+    }
+
+    fn deliver_to(
+        &self,
+        local: &Mutex<LocalRoom>,
+        from: FrameSender<'_>,
+        message: RoomMessage,
+        published_at: Instant,
+    ) -> Result<Option<Position>, DeliveryRefused> {
+        let mut local = lock(local);
         let epoch = message.position.epoch;
         if epoch < local.epoch {
             return Ok(None);
@@ -764,6 +893,7 @@ impl Hub {
             return;
         }
         local.last_offset = message.position.offset;
+        self.progressed();
         local.remember_key(message, Instant::now());
         self.keep(&message.room, local, message);
         let _fanout = telemetry::fanout_span(&message.room, local.subscribers.len()).entered();
@@ -771,8 +901,9 @@ impl Hub {
         self.fan_out_message(&local.subscribers, message, published);
     }
 
-    /// After an owner change: delivers held messages from the new owner,
-    /// keeps those of later epochs from others, refuses the rest.
+    /// After an owner change (or the room opening here): delivers held
+    /// messages from the owner, keeps those of later epochs from others,
+    /// refuses the rest.
     fn release_held(&self, local: &mut LocalRoom) {
         if local.held.is_empty() {
             return;
@@ -866,11 +997,23 @@ impl EffectsObserver for Hub {
             match effect {
                 Effect::RoomOpened { room, epoch, owner, owner_incarnation } => {
                     let policy = self.history_policy(room);
-                    let local = LocalRoom::new(*epoch, owner.clone(), *owner_incarnation, policy);
+                    let local = Arc::new(Mutex::new(LocalRoom::new(
+                        *epoch,
+                        owner.clone(),
+                        *owner_incarnation,
+                        policy,
+                    )));
                     self.rooms
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(room.clone(), Arc::new(Mutex::new(local)));
+                        .insert(room.clone(), Arc::clone(&local));
+                    // The owner's first messages may have come before this entry applied.
+                    let early = self.take_early(room);
+                    if !early.is_empty() {
+                        let mut local = lock(&local);
+                        local.held.extend(early);
+                        self.release_held(&mut local);
+                    }
                 }
                 Effect::Joined { room, member, first_of_user, .. } => {
                     self.on_joined(room, member, *first_of_user)
@@ -908,6 +1051,7 @@ impl EffectsObserver for Hub {
                     let closed = self.rooms.write().unwrap_or_else(|p| p.into_inner()).remove(room);
                     if let Some(closed) = closed {
                         self.drop_history(&mut lock(&closed));
+                        self.progressed();
                     }
                 }
                 Effect::AlreadyJoined { .. } | Effect::Rejected { .. } | Effect::NotMember { .. } => {}
@@ -951,6 +1095,21 @@ impl EffectsObserver for Hub {
             self.drop_history(&mut lock(&gone));
         }
         *rooms = rebuilt;
+        drop(rooms);
+        // Frames of rooms the snapshot opened here may have come first.
+        let early: Vec<(Instant, HeldFrame)> = lock(&self.early).drain(..).collect();
+        let mut unknown = Vec::new();
+        for (at, frame) in early {
+            match self.room(&frame.message.room) {
+                Some(local) => {
+                    let mut local = lock(&local);
+                    local.held.push(frame);
+                    self.release_held(&mut local);
+                }
+                None => unknown.push((at, frame)),
+            }
+        }
+        lock(&self.early).extend(unknown);
     }
 }
 
@@ -1172,6 +1331,74 @@ mod tests {
             Ok(Some(Position { epoch: 99, offset: 1 }))
         );
         assert_eq!(hub.owner_of(&room("chat:y")), Some((Arc::from(nodes[heir].name), 99)));
+    }
+
+    #[tokio::test]
+    async fn frames_that_arrive_before_their_room_opens_here_are_kept_and_recovered() {
+        let owner = CoreNode::new("node-1", 1);
+        let lagging = CoreNode::new("node-2", 1);
+        let (_, protocol) = encoder();
+        let alice = owner.session("alice", &protocol);
+        // The room opens on the owner; the entry has not applied on node-2 yet.
+        apply_everywhere(&[&owner], owner.join_command("chat:x", &alice)).await;
+        let from_owner = FrameSender { node: "node-1", incarnation: 1 };
+        let mut sent = Vec::new();
+        for data in ["one", "two"] {
+            let position = owner.hub.sequence(&room("chat:x"), draft(data), now()).unwrap().position;
+            let message = RoomMessage::new(room("chat:x"), position, draft(data), 0);
+            assert_eq!(lagging.hub.deliver(from_owner.clone(), message, Instant::now()), Ok(None));
+            sent.push(position);
+        }
+        let stranger = FrameSender { node: "node-3", incarnation: 1 };
+        let forged =
+            RoomMessage::new(room("chat:x"), Position { epoch: sent[0].epoch, offset: 3 }, draft("x"), 0);
+        assert_eq!(lagging.hub.deliver(stranger, forged, Instant::now()), Ok(None));
+        apply_everywhere(&[&lagging], owner.join_command("chat:x", &alice)).await;
+        let page = lagging.hub.history(&room("chat:x"), None, 10).unwrap();
+        assert_eq!(page.position, sent[1], "the owner's early frames were delivered as the room opened");
+        let held: Vec<Position> = page.messages.iter().map(|m| m.position).collect();
+        assert_eq!(held, sent);
+        assert_eq!(lagging.hub.refused_deliveries(), 1, "a frame from another node is refused");
+        // A member re-joining here with `since` the first message recovers.
+        let bob = lagging.session("bob", &protocol);
+        lagging.hub.expect_join(bob.conn, &room("chat:x"), Recover::Since(sent[0]));
+        apply_everywhere(&[&owner, &lagging], lagging.join_command("chat:x", &bob)).await;
+        assert!(lagging.hub.join_recovered(bob.conn, &room("chat:x")));
+        assert_eq!(frames(&bob).await, vec![format!("msg:{}:2:two", sent[1].epoch)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_with_since_ahead_of_this_node_waits_for_the_messages_then_is_served() {
+        let owner = CoreNode::new("node-1", 1);
+        let other = CoreNode::new("node-2", 1);
+        let (_, protocol) = encoder();
+        let alice = owner.session("alice", &protocol);
+        apply_everywhere(&[&owner, &other], owner.join_command("chat:x", &alice)).await;
+        let epoch = other.hub.owner_of(&room("chat:x")).unwrap().1;
+        let at = move |offset| Position { epoch, offset };
+        let hub = Arc::clone(&other.hub);
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn(async move { hub.catch_up(&room("chat:x"), at(2)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "offset 2 is not held here yet");
+        let from_owner = FrameSender { node: "node-1", incarnation: 1 };
+        for offset in 1..=2 {
+            let message = RoomMessage::new(room("chat:x"), at(offset), draft("m"), 0);
+            other.hub.deliver(from_owner.clone(), message, Instant::now()).unwrap();
+        }
+        waiting.await.unwrap();
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO, "woken by the delivery, not the clock");
+        // Already there, an older epoch's position, or an unknown room: no wait.
+        for (name, since) in
+            [("chat:x", at(2)), ("chat:x", Position { epoch: epoch - 1, offset: 9 }), ("chat:z", at(9))]
+        {
+            other.hub.catch_up(&room(name), since).await;
+        }
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+        // A position this node never reaches: the join goes on after the bound.
+        other.hub.catch_up(&room("chat:x"), at(3)).await;
+        assert_eq!(started.elapsed(), CATCH_UP_WAIT);
+        assert_eq!(other.hub.catching_up.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -150,6 +150,9 @@ impl ConnectionRooms {
         let (service, room_name, conn) = (Arc::clone(service), room.clone(), self.conn);
         let member_user = Arc::clone(&user);
         let task = tokio::spawn(async move {
+            if let Some(Recover::Since(since)) = recover {
+                service.hub.catch_up(&room_name, since).await;
+            }
             let proposed = service.propose_join(&room_name, conn, &user, meta, max_members).await;
             // Taken here, not by the caller: the task runs to its end even
             // when the connection ends first, so no request is left behind.
