@@ -8,9 +8,10 @@
 // re-joins every room after a reconnect, and keeps a bounded queue of
 // publishes made while a room is not joined. It has no runtime dependency:
 // browsers use their WebSocket; Node uses the `ws` package when it is
-// installed (it exposes the HTTP status of a refused upgrade; Node 22+'s
-// global WebSocket does not), else the global one, or any constructor
-// passed as the `WebSocket` option.
+// installed (it exposes the HTTP status and the server's reason of a
+// refused upgrade; Node 22+'s global WebSocket does not), else the global
+// one, or any constructor passed as the `WebSocket` option. Bundlers map
+// `ws` away for browsers (package.json `browser` field).
 
 /** Default options; every one can be overridden in the constructor. */
 export const DEFAULTS = Object.freeze({
