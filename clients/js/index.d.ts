@@ -56,7 +56,7 @@ export interface ClientOptions {
   urls?: string[];
   /** A token, or a provider called before every (re)connect. */
   token: string | (() => string | Promise<string>);
-  /** A WebSocket constructor; default: in Node the `ws` package if installed (it reports HTTP 401/503 at the upgrade), else the global one. */
+  /** A WebSocket constructor; default: in Node the `ws` package if installed (it reports HTTP 401/503 at the upgrade, with the server's reason), else the global one. */
   WebSocket?: unknown;
   /** Connect at once (default true); otherwise call `connect()`. */
   autoConnect?: boolean;
@@ -84,7 +84,17 @@ export interface ClientOptions {
 export interface StateChange {
   state: ConnectionState;
   previous: ConnectionState;
+  /** The close code, or `"http401"`, `"http503"`, ... for an upgrade the server refused (Node with `ws` only; browsers see 1006). */
   code?: number | string;
+  /**
+   * Why: the server's own words when it gave any (the close frame's reason,
+   * or the plain-text body of a refused upgrade such as
+   * `invalid token: bad signature`, read in Node with `ws` only), else the
+   * client's explanation (the POLICY entry's `why`, `could not connect: ...`,
+   * or, for a socket closed with 1006 before it opened where the WebSocket
+   * tells nothing more, as in every browser, `refused or unreachable before
+   * opening ...`).
+   */
   reason?: string;
   delayMs?: number;
   url?: string;

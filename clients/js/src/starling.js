@@ -8,9 +8,10 @@
 // re-joins every room after a reconnect, and keeps a bounded queue of
 // publishes made while a room is not joined. It has no runtime dependency:
 // browsers use their WebSocket; Node uses the `ws` package when it is
-// installed (it exposes the HTTP status of a refused upgrade; Node 22+'s
-// global WebSocket does not), else the global one, or any constructor
-// passed as the `WebSocket` option.
+// installed (it exposes the HTTP status and the server's reason of a
+// refused upgrade; Node 22+'s global WebSocket does not), else the global
+// one, or any constructor passed as the `WebSocket` option. Bundlers map
+// `ws` away for browsers (package.json `browser` field).
 
 /** Default options; every one can be overridden in the constructor. */
 export const DEFAULTS = Object.freeze({
@@ -30,6 +31,12 @@ export const DEFAULTS = Object.freeze({
 const EARLY_MESSAGE_LIMIT = 1024;
 /** Ceiling of the first retry of a join answered `unavailable` (a failover). */
 const UNAVAILABLE_FIRST_RETRY_MS = 200;
+/** How long the body of a refused upgrade (the server's reason) is read before the client gives up on it. */
+const REFUSAL_BODY_TIMEOUT_MS = 1000;
+/** The most characters of a refused upgrade's body kept as its reason. */
+const REFUSAL_REASON_LIMIT = 200;
+/** The reason of a socket that closed (1006) before it opened, where the WebSocket says nothing more (browsers). */
+const NOT_OPENED_REASON = "refused or unreachable before opening (HTTP status and reason hidden)";
 
 /**
  * What the client does when a connection ends with a close code (or with an
@@ -139,6 +146,42 @@ async function defaultWebSocket() {
   }
   if (typeof globalThis.WebSocket === "function") return globalThis.WebSocket;
   throw new Error("no WebSocket: install the `ws` package or pass the `WebSocket` option");
+}
+
+/**
+ * Why a server refused an upgrade, from the HTTP response the `ws` package
+ * hands to an `unexpected-response` listener: Starling answers 401, 403,
+ * 404 and 503 with a short plain-text body (protocol.md section 1), e.g.
+ * `invalid token: bad signature`. A body that is not plain text (a proxy's
+ * HTML error page) is no reason. Resolves with one line of at most
+ * REFUSAL_REASON_LIMIT characters, "" when there is none, within
+ * REFUSAL_BODY_TIMEOUT_MS; never rejects.
+ */
+function readRefusalReason(response) {
+  return new Promise((resolve) => {
+    const type = String(response.headers?.["content-type"] || "text/plain").toLowerCase();
+    if (!type.startsWith("text/plain")) {
+      resolve("");
+      return;
+    }
+    let text = "";
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve(text.replace(/[\s\u0000-\u001f\u007f]+/g, " ").trim().slice(0, REFUSAL_REASON_LIMIT));
+    };
+    const timer = setTimeout(finish, REFUSAL_BODY_TIMEOUT_MS);
+    response.setEncoding("utf8");
+    response.on("data", (chunk) => {
+      text += chunk;
+      if (text.length >= REFUSAL_REASON_LIMIT) finish();
+    });
+    response.on("end", finish);
+    response.on("close", finish);
+    response.on("error", finish);
+  });
 }
 
 /** A room joined through a client; created by `client.join`. */
@@ -498,23 +541,50 @@ export class StarlingClient extends Emitter {
     const ws = new this.#wsClass(`${url}${separator}token=${encodeURIComponent(token)}`);
     this.#ws = ws;
     let httpStatus = null;
+    let httpReason = "";
+    let errorMessage = "";
     let opened = false;
     // Every timer and handler acts only while `ws` is still the current socket.
     this.#timers.connect = setTimeout(() => {
       if (this.#ws === ws) this.#lost({ code: 4000, reason: "no welcome within connectTimeoutMs", opened: false });
     }, this.options.connectTimeoutMs);
+    if (typeof ws.once === "function") {
+      // Node's `ws` hands the response of a refused upgrade to this listener
+      // and leaves the aborting to it: its status and body say why (browsers
+      // hide both, and so does Node's global WebSocket).
+      ws.once("unexpected-response", (_request, response) => {
+        httpStatus = response.statusCode;
+        readRefusalReason(response).then((reason) => {
+          httpReason = reason;
+          // Closes with 1006; onclose reports the status and the reason.
+          if (typeof ws.terminate === "function") ws.terminate();
+          else ws.close();
+        });
+      });
+    }
     ws.onopen = () => {
       opened = true;
     };
     ws.onerror = (event) => {
-      // Node's `ws` names the HTTP status of a refused upgrade; browsers hide it.
-      const match = /Unexpected server response: (\d+)/.exec(event?.message || event?.error?.message || "");
-      if (match) httpStatus = Number(match[1]);
+      errorMessage = event?.message || event?.error?.message || "";
+      // Another library may name the status only in its error message.
+      const match = /Unexpected server response: (\d+)/.exec(errorMessage);
+      if (match && !httpStatus) httpStatus = Number(match[1]);
     };
     ws.onclose = (event) => {
       if (this.#ws !== ws) return;
-      const code = httpStatus ? `http${httpStatus}` : event.code;
-      this.#lost({ code, reason: event.reason || "", opened });
+      if (httpStatus) {
+        const code = `http${httpStatus}`;
+        // Without a body, a status with a POLICY entry has its `why`.
+        const reason = httpReason || (code in POLICY ? "" : `upgrade refused with HTTP ${httpStatus}`);
+        this.#lost({ code, reason, opened });
+        return;
+      }
+      let reason = event.reason || "";
+      if (!reason && !opened && event.code === 1006) {
+        reason = errorMessage ? `could not connect: ${errorMessage}` : NOT_OPENED_REASON;
+      }
+      this.#lost({ code: event.code, reason, opened });
     };
     ws.onmessage = (event) => {
       if (this.#ws !== ws) return;

@@ -58,11 +58,11 @@ export function within(what, promise, timeoutMs = 10000) {
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
-/** An HS256 JWT signed with SECRET. */
-export function mintToken(sub, { ttlSecs = 3600, rooms = ["chat:*", "nohistory:*"] } = {}) {
+/** An HS256 JWT signed with SECRET (or `secret`). */
+export function mintToken(sub, { ttlSecs = 3600, rooms = ["chat:*", "nohistory:*"], secret = SECRET } = {}) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
   const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, rooms, exp: Math.floor(Date.now() / 1000) + ttlSecs })}`;
-  const signature = createHmac("sha256", SECRET).update(body).digest("base64url");
+  const signature = createHmac("sha256", secret).update(body).digest("base64url");
   return `${body}.${signature}`;
 }
 

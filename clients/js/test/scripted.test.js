@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import net from "node:net";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -210,5 +211,75 @@ test("joins are bounded in flight, paused on rate_limited, retried fast on unava
   } finally {
     client.close();
     await mock.close();
+  }
+});
+
+/** A TCP server that answers the Nth HTTP request it reads with `responses[N]` (raw bytes); `end` closes the socket after it. */
+async function rawHttpServer(responses) {
+  const sockets = [];
+  let served = 0;
+  const server = net.createServer((socket) => {
+    sockets.push(socket);
+    let head = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk) => {
+      if (head.includes("\r\n\r\n")) return;
+      head += chunk;
+      if (!head.includes("\r\n\r\n")) return;
+      const { bytes, end } = responses[Math.min(served++, responses.length - 1)];
+      socket.write(bytes, "latin1");
+      if (end) socket.end();
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}/ws`,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
+// Guarantee: reading a refused upgrade's reason (Node, `ws`) is bounded and
+// only takes plain text: a body that never ends is cut after about a second
+// (the refusal is still reported as its HTTP status, not as a connect
+// timeout), a proxy's HTML page is not taken as a reason, and a long body
+// becomes one line of at most 200 characters.
+test("the reason of a refused upgrade is read bounded in time and size, plain text only", async () => {
+  const html = "<html><body><h1>403 Forbidden</h1></body></html>";
+  const raw = await rawHttpServer([
+    // More body announced than sent, and the socket left open.
+    { bytes: "HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\ninvalid token:\r\n  bad signature", end: false },
+    { bytes: `HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: ${html.length}\r\n\r\n${html}`, end: true },
+    { bytes: `HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\r\nnode is full\n${"x".repeat(5000)}`, end: true },
+  ]);
+  const client = new StarlingClient({ url: raw.url, token: "t", WebSocket, connectTimeoutMs: 4000, minReconnectDelayMs: 1, maxReconnectDelayMs: 5 });
+  try {
+    const seen = [];
+    const startedAt = Date.now();
+    await within(
+      "three refusals",
+      new Promise((resolve) => {
+        client.on("disconnected", ({ code, reason }) => {
+          seen.push({ code, reason, ms: Date.now() - startedAt });
+          if (seen.length === 3) resolve();
+        });
+      }),
+      8000,
+    );
+    assert.deepEqual(
+      seen.map(({ code, reason }) => ({ code, reason })),
+      [
+        { code: "http401", reason: "invalid token: bad signature" },
+        { code: "http403", reason: "upgrade refused with HTTP 403" },
+        { code: "http503", reason: `node is full ${"x".repeat(200 - "node is full ".length)}` },
+      ],
+    );
+    assert.ok(seen[0].ms >= 900 && seen[0].ms < 3000, `the unfinished body was cut after ${seen[0].ms} ms`);
+  } finally {
+    client.close();
+    await raw.close();
   }
 });

@@ -353,4 +353,28 @@ test("Node: a refused token (HTTP 401) ends in closed even with a global WebSock
   assert.equal(result.globalWebSocket, "function", "the child has a global WebSocket");
   assert.equal(result.code, "http401");
   assert.deepEqual(result.codes, ["http401", "http401"]);
+  // The server's 401 body (protocol.md section 1) for a token that is not a JWT.
+  assert.equal(result.reason, "invalid token: malformed token");
+  assert.deepEqual(result.reasons, ["invalid token: malformed token", "invalid token: malformed token"]);
+});
+
+// Guarantee: the reason the server gives for refusing an upgrade (the
+// plain-text body of its HTTP 401) reaches the caller in Node: as `reason`
+// on `disconnected` and `closed` (`code` stays "http401"), and in the error
+// the `ready` of a room not joined yet rejects with.
+test("Node: a token signed with the wrong secret reports the server's reason", async () => {
+  const wrongSecret = (user) => mintToken(user, { secret: "not-the-node-secret-0123456789abcdef" });
+  const refused = client("mallory", { token: () => wrongSecret("mallory"), maxAuthFailures: 1, minReconnectDelayMs: 10, maxReconnectDelayMs: 40 });
+  const room = refused.join("chat:refused");
+  const disconnected = [];
+  refused.on("disconnected", (detail) => disconnected.push(detail));
+  const closed = await nextEvent(refused, "closed", 8000);
+  assert.deepEqual(
+    disconnected.map(({ code, reason }) => ({ code, reason })),
+    [{ code: "http401", reason: "invalid token: bad signature" }],
+  );
+  assert.deepEqual({ code: closed.code, reason: closed.reason }, { code: "http401", reason: "invalid token: bad signature" });
+  await assert.rejects(room.ready, (error) => error.code === "closed" && error.message.includes("http401 invalid token: bad signature"));
+  assert.equal(refused.state, "closed");
+  closeAll();
 });
