@@ -1,4 +1,5 @@
-//! The autopilot's executor: follows gossip, and every tick gathers an
+//! The autopilot's executor: follows gossip, and every tick (and at once
+//! when a node departs or this node becomes the leader) gathers an
 //! [`Observation`] (gossip, Raft metrics, peer links, the room table), asks
 //! the [`Planner`] what to do and does it (openraft `initialize`,
 //! `add_learner`, `change_membership`, `EvictNode` proposals, the role in
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
 use starling_cluster::membership::{ClusterChange, Membership};
-use starling_cluster::raft::RaftGroup;
+use starling_cluster::raft::{NodeId, PeerNode, RaftGroup};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -54,6 +55,9 @@ impl Autopilot {
         });
         let mut changes = self.membership.subscribe();
         let mut tick = tokio::time::interval(TICK);
+        let mut raft = self.group.metrics();
+        let mut leading = false;
+        let mut gone = self.links.gone_events();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -61,6 +65,7 @@ impl Autopilot {
                     Some(ClusterChange::Add(member) | ClusterChange::Update(member)) => {
                         self.links.set_peer(&member.name, &member.peer_addr.to_string());
                         planner.node_up(&member.name, member.incarnation);
+                        continue;
                     }
                     Some(ClusterChange::Remove(member)) => {
                         info!(node = %member.name, incarnation = member.incarnation, "node left or died");
@@ -68,23 +73,29 @@ impl Autopilot {
                         if !replaced {
                             self.links.remove_peer(&member.name);
                         }
+                        // Evicted now, not a tick later.
                         planner.node_gone(&member.name, member.incarnation);
                     }
                     None => return,
                 },
-                _ = tick.tick() => {
-                    // Proposals can wait for a quorum; stopping must not.
-                    let reconcile = async {
-                        let observation = self.observe().await;
-                        for action in planner.tick(&observation) {
-                            self.carry_out(action, &mut planner).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = reconcile => {}
-                    }
+                _ = tick.tick() => {}
+                // A new leader evicts the dead at once, not a tick later: after
+                // a kill of the leader, the dead node's rooms wait for this.
+                _ = leadership_gained(&mut raft, &mut leading, self.group.id()) => tick.reset(),
+                // A gone process: evicted (by a leader) or its leadership
+                // ended (by its voters) at once.
+                _ = found_gone(&mut gone) => tick.reset(),
+            }
+            // Proposals can wait for a quorum; stopping must not.
+            let reconcile = async {
+                let observation = self.observe().await;
+                for action in planner.tick(&observation) {
+                    self.carry_out(action, &mut planner).await;
                 }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = reconcile => {}
             }
         }
     }
@@ -92,7 +103,7 @@ impl Autopilot {
     /// What the planner looks at, read now.
     async fn observe(&self) -> Observation {
         let initialized = self.group.raft().is_initialized().await.unwrap_or(true);
-        let (is_leader, leader_known, raft) = {
+        let (is_leader, leader, raft) = {
             let metrics = self.group.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
@@ -101,7 +112,7 @@ impl Autopilot {
                 learners: membership.learner_ids().collect(),
                 addresses: membership.nodes().map(|(id, node)| (*id, node.peer_addr.clone())).collect(),
             };
-            (metrics.current_leader == Some(self.group.id()), metrics.current_leader.is_some(), raft)
+            (metrics.current_leader == Some(self.group.id()), metrics.current_leader, raft)
         };
         let live = self
             .membership
@@ -130,11 +141,12 @@ impl Autopilot {
         } else {
             Default::default()
         };
-        let gone = if is_leader { self.links.gone().into_iter().collect() } else { Default::default() };
+        let gone = self.links.gone().into_iter().collect();
         Observation {
             initialized,
             is_leader,
-            leader_known,
+            leader_known: leader.is_some(),
+            leader,
             live,
             live_incarnations,
             raft,
@@ -195,10 +207,55 @@ impl Autopilot {
                     debug!(%error, "membership change failed");
                 }
             }
+            Action::Elect { gone_leader, again_after } => {
+                info!(gone_leader, "the leader's process is gone: starting an election now");
+                let group = Arc::clone(&self.group);
+                tokio::spawn(async move {
+                    let _ = group.raft().trigger().elect().await;
+                    let Some(after) = again_after else { return };
+                    tokio::time::sleep(after).await;
+                    let leader = group.metrics().borrow().current_leader;
+                    if leader.is_none() || leader == Some(gone_leader) {
+                        let _ = group.raft().trigger().elect().await;
+                    }
+                });
+            }
             Action::PublishRole(role) => {
                 self.membership.set_role(role.as_str()).await;
                 self.membership.set_connections((self.connections)() as u64).await;
             }
         }
+    }
+}
+
+/// Returns when this node becomes the Raft leader (`leading` remembers
+/// whether it was at the last look); never, once the group has stopped.
+async fn leadership_gained(
+    raft: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, PeerNode>>,
+    leading: &mut bool,
+    me: NodeId,
+) {
+    loop {
+        let now = raft.borrow_and_update().current_leader == Some(me);
+        let gained = now && !*leading;
+        *leading = now;
+        if gained {
+            return;
+        }
+        if raft.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Returns when a peer link finds a peer's process gone; never without
+/// such signals.
+async fn found_gone(gone: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let changed = match gone {
+        Some(events) => events.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }

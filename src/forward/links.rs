@@ -149,6 +149,11 @@ impl PeerLinks {
             .collect()
     }
 
+    /// Changes each time a peer's process is found gone (see [`PeerLinks::gone`]).
+    pub fn gone_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.transport.gone_events()
+    }
+
     /// Records the address gossip reports for a node (and opens the link).
     pub fn set_peer(&self, name: &str, peer_addr: &str) {
         if name != self.me {

@@ -102,6 +102,12 @@ pub trait PeerTransport: Send + Sync + 'static {
     fn gone(&self, _addr: &str) -> Option<PeerIdentity> {
         None
     }
+    /// Changes each time a link finds its peer's process gone (see
+    /// [`PeerTransport::gone`]), so that the gone can be acted on at once;
+    /// `None` where links have no state.
+    fn gone_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// One outbound link as metrics see it.

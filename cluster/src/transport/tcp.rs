@@ -112,6 +112,8 @@ pub struct TcpTransport {
     links: Mutex<HashMap<String, Arc<Link>>>,
     pub stats: Arc<TransportStats>,
     shutdown: CancellationToken,
+    /// Counts links that found their peer's process gone.
+    gone_events: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +127,7 @@ impl TcpTransport {
             links: Mutex::default(),
             stats: Arc::default(),
             shutdown: CancellationToken::new(),
+            gone_events: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -189,8 +192,11 @@ impl TcpTransport {
                     // The connection broke and nothing listens there any
                     // more: the process is gone (a paused or starved
                     // process keeps its socket; a partition times out).
-                    if refused && last.is_some() {
-                        *lock(&link.gone) = last.clone();
+                    if let (true, Some(peer)) = (refused, &last) {
+                        let found = lock(&link.gone).replace(peer.clone()).is_none();
+                        if found {
+                            self.gone_events.send_modify(|count| *count += 1);
+                        }
                     }
                 }
             }
@@ -474,6 +480,10 @@ impl PeerTransport for Arc<TcpTransport> {
 
     fn stats(&self) -> Option<Arc<TransportStats>> {
         Some(Arc::clone(&self.stats))
+    }
+
+    fn gone_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.gone_events.subscribe())
     }
 
     fn gone(&self, addr: &str) -> Option<PeerIdentity> {
