@@ -77,7 +77,7 @@ pub fn page() -> Response {
 fn inline_hash(page: &str, open: &str, close: &str) -> String {
     let start = page.find(open).map_or(0, |i| i + open.len());
     let end = page[start..].find(close).map_or(page.len(), |i| start + i);
-    format!("sha256-{}", base64(&Sha256::digest(page[start..end].as_bytes())))
+    format!("sha256-{}", base64(&Sha256::digest(&page.as_bytes()[start..end])))
 }
 
 /// Standard base64 with padding (the CSP hash form).
