@@ -254,6 +254,37 @@ pub fn view(group: &RaftGroup, membership: &Membership) -> ClusterView {
     ClusterView { leader: group.leader_name(), term: metrics.current_term, nodes }
 }
 
+/// [`view`], plus the members of the Raft group that gossip does not see
+/// alive, as `state: "down"` (role `unknown`, no connections): what an
+/// operator needs to see after a node died, before it is replaced.
+pub fn view_with_down(group: &RaftGroup, membership: &Membership) -> ClusterView {
+    let mut view = view(group, membership);
+    let metrics = group.metrics().borrow().clone();
+    let raft = metrics.membership_config.membership();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let mut down: Vec<ClusterNodeView> = raft
+        .nodes()
+        .filter(|(_, node)| !view.nodes.iter().any(|live| live.name == node.name))
+        .map(|(id, node)| ClusterNodeView {
+            name: node.name.clone(),
+            state: "down",
+            role: "unknown".into(),
+            connections: 0,
+            incarnation: 0,
+            voter: raft.voter_ids().any(|voter| voter == *id),
+            lag: metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|matched| last.saturating_sub(matched.map_or(0, |m| m.index))),
+        })
+        .collect();
+    down.sort_by(|a, b| a.name.cmp(&b.name));
+    view.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    view.nodes.extend(down);
+    view
+}
+
 #[derive(Debug, Serialize)]
 pub struct ClusterView {
     pub leader: Option<String>,

@@ -16,9 +16,9 @@
 //! - [`gateway`]: client WebSocket listener, admission, one adapter per wire
 //!   protocol (`gateway::starling`).
 //! - [`webhooks`]: Pusher webhooks, each event sent by exactly one node.
-//! - [`api`]: HTTP server API, health, readiness, metrics, demo page.
+//! - [`api`]: HTTP server API, health, readiness, metrics, admin dashboard, demo page.
 //! - [`auth`]: JWT verification, Origin allow-list, API key.
-//! - [`telemetry`]: logging and metrics.
+//! - [`telemetry`]: logging and metrics (and reading them back), recent cluster events.
 //! - [`certs`]: `starling cert`: the cluster CA, node certificates, the gossip key.
 //! - [`tls`]: PEM certificates and keys, rustls configurations.
 //! - [`node`]: the composition root that builds and stops all of the above.

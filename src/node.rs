@@ -170,6 +170,7 @@ impl Node {
                 links: Arc::clone(&runtime.links),
                 replicator,
                 connections: Arc::new(move || sessions.len()),
+                events: Arc::clone(&gateway.metrics.events),
             };
             background.spawn(autopilot.run(stop_all.clone()));
         }
@@ -207,6 +208,7 @@ impl Node {
             tls: node.tls,
             cluster: node.cluster_view.clone(),
             links,
+            admin: Default::default(),
         });
         node.background.spawn(api::serve(api_listener, state, tls, node.stop_all.clone()));
         let stop_upkeep = node.stop_all.clone();

@@ -21,7 +21,8 @@ use tracing::{error, warn};
 
 use crate::protocol::{ConnId, RoomName};
 use crate::rooms::{
-    Effect, LegacyTableSnapshot, PendingHook, RoomCommand, RoomCount, RoomSnapshot, RoomTable, TableSnapshot,
+    Effect, LegacyTableSnapshot, PendingHook, RoomCommand, RoomCount, RoomSnapshot, RoomSummary, RoomTable,
+    TableSnapshot,
 };
 
 /// Why a command was not applied or a read could not be served.
@@ -398,6 +399,13 @@ impl Replicator {
             self.shared.wait_applied(index).await?;
         }
         Ok(self.shared.lock().table.room_counts(namespace))
+    }
+
+    /// Rooms whose names start with `prefix` as applied on this node now
+    /// (no quorum needed, so an operator sees them during a partition):
+    /// the first `limit` by name, and how many match in all.
+    pub fn rooms_with_prefix(&self, prefix: &str, limit: usize) -> (Vec<RoomSummary>, usize) {
+        self.shared.lock().table.rooms_with_prefix(prefix, limit)
     }
 
     /// A room as applied on this node now (includes every command this

@@ -1,14 +1,18 @@
 //! The HTTP side of a node (warp, on `listen.api`): the server API, health,
-//! readiness, Prometheus metrics, and in dev mode the demo page.
+//! readiness, Prometheus metrics, the admin dashboard and its JSON
+//! endpoints, and in dev mode the demo page.
 //!
 //! Handlers translate HTTP into calls on the gateway, hub and replicator and
-//! back; they hold no state of their own. Every error body is
+//! back; they hold no state of their own, except the admin dashboard's
+//! recent readings of counters, kept only to turn them into rates. Every error body is
 //! `{"error":{"code","message"}}` with a code from the wire contract.
 
+mod admin;
 mod demo;
 mod handlers;
 mod pusher;
 mod server;
+mod stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use crate::gateway::Gateway;
 use crate::protocol::ErrorCode;
 use crate::telemetry::MetricsHandle;
 
+pub use admin::{AdminState, DEFAULT_ROOM_LIMIT, MAX_ROOM_LIMIT};
 pub use server::serve;
 
 /// What the handlers need.
@@ -41,6 +46,8 @@ pub struct ApiState {
         Option<(Arc<starling_cluster::raft::RaftGroup>, Arc<starling_cluster::membership::Membership>)>,
     /// In a cluster: the peer links, for their metrics.
     pub links: Option<Arc<crate::forward::PeerLinks>>,
+    /// What the admin dashboard's endpoints keep between requests.
+    pub admin: AdminState,
 }
 
 /// All routes of the API listener.
@@ -91,6 +98,20 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::get())
         .and(authorized.clone())
         .map(|state: Arc<ApiState>| handlers::cluster(&state));
+    let room_list = warp::path!("api" / "rooms")
+        .and(warp::get())
+        .and(authorized.clone())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .map(|state: Arc<ApiState>, query: std::collections::HashMap<String, String>| {
+            admin::rooms(&state, &query)
+        });
+    let stats = warp::path!("api" / "stats")
+        .and(warp::get())
+        .and(authorized.clone())
+        .map(|state: Arc<ApiState>| stats::stats(&state));
+    // Public: the page holds no data; it asks for the key and sends it only
+    // in the `Authorization` header of its requests to the endpoints above.
+    let admin_page = warp::path!("admin").and(warp::get()).map(admin::page);
     let disconnect = warp::path!("api" / "disconnect")
         .and(warp::post())
         .and(authorized)
@@ -161,6 +182,12 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .or(history)
         .unify()
         .or(cluster)
+        .unify()
+        .or(room_list)
+        .unify()
+        .or(stats)
+        .unify()
+        .or(admin_page)
         .unify()
         .or(disconnect)
         .unify()

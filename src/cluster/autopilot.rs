@@ -23,6 +23,7 @@ use super::planner::{Action, LiveNode, Observation, Planner, PlannerConfig, Raft
 use crate::forward::PeerLinks;
 use crate::replicate::Replicator;
 use crate::rooms::RoomCommand;
+use crate::telemetry::RecentEvents;
 
 /// How often the autopilot reconciles.
 const TICK: Duration = Duration::from_millis(300);
@@ -40,6 +41,8 @@ pub struct Autopilot {
     pub replicator: Arc<Replicator>,
     /// Reports this node's open connections for gossip.
     pub connections: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Where nodes coming and going are listed for the admin dashboard.
+    pub events: Arc<RecentEvents>,
 }
 
 impl Autopilot {
@@ -62,7 +65,12 @@ impl Autopilot {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 change = changes.recv() => match change {
-                    Some(ClusterChange::Add(member) | ClusterChange::Update(member)) => {
+                    Some(ClusterChange::Add(member)) => {
+                        self.events.record("node_up", &member.name, member.incarnation, String::new());
+                        self.links.set_peer(&member.name, &member.peer_addr.to_string());
+                        planner.node_up(&member.name, member.incarnation);
+                    }
+                    Some(ClusterChange::Update(member)) => {
                         self.links.set_peer(&member.name, &member.peer_addr.to_string());
                         planner.node_up(&member.name, member.incarnation);
                         continue;
@@ -75,6 +83,8 @@ impl Autopilot {
                         }
                         // Evicted now, not a tick later.
                         planner.node_gone(&member.name, member.incarnation);
+                        let detail = if replaced { "restarted" } else { "left or died" };
+                        self.events.record("node_down", &member.name, member.incarnation, detail.into());
                     }
                     None => return,
                 },

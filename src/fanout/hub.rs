@@ -1058,6 +1058,7 @@ impl EffectsObserver for Hub {
             }
         }
         self.metrics.rooms.set(self.room_count() as f64);
+        record_evictions(&self.metrics, effects);
     }
 
     /// Rebuilds the mirror from a whole table (after a Raft snapshot was
@@ -1110,6 +1111,26 @@ impl EffectsObserver for Hub {
             }
         }
         lock(&self.early).extend(unknown);
+    }
+}
+
+/// Lists an applied eviction among the recent events: per evicted node
+/// incarnation, how many members left and how many rooms changed owner.
+fn record_evictions(metrics: &Metrics, effects: &[Effect]) {
+    let mut evicted: Vec<((&str, u64), usize)> = Vec::new();
+    for effect in effects {
+        if let Effect::Left { member, reason: LeaveReason::NodeEvicted, .. } = effect {
+            let key = (&*member.node, member.incarnation);
+            match evicted.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, count)) => *count += 1,
+                None => evicted.push((key, 1)),
+            }
+        }
+    }
+    let moved = effects.iter().filter(|e| matches!(e, Effect::OwnerChanged { .. })).count();
+    for ((node, incarnation), members) in evicted {
+        let detail = format!("members removed: {members}, rooms moved to a new owner: {moved}");
+        metrics.events.record("evicted", node, incarnation, detail);
     }
 }
 

@@ -14,5 +14,5 @@ mod table;
 pub use outbox::{HookKind, HookOutbox, PendingHook, MAX_PENDING_PER_APP};
 pub use table::{
     Effect, LeaveReason, LegacyTableSnapshot, MemberRecord, Rejection, RoomCommand, RoomCount, RoomSnapshot,
-    RoomTable, TableSnapshot,
+    RoomSummary, RoomTable, TableSnapshot,
 };

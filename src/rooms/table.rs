@@ -233,6 +233,18 @@ pub struct RoomCount {
     pub users: usize,
 }
 
+/// One room as an operator's listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room: RoomName,
+    pub epoch: u64,
+    pub owner: Arc<str>,
+    /// Connections in the room.
+    pub members: usize,
+    /// Distinct users among them.
+    pub users: usize,
+}
+
 /// A consistent copy of one room, for presence reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSnapshot {
@@ -474,6 +486,34 @@ impl RoomTable {
         counts
     }
 
+    /// The first `limit` rooms in name order whose names start with
+    /// `prefix`, and how many rooms match in all. One pass over the rooms;
+    /// only the matches are sorted, and only the first `limit` of them fully.
+    pub fn rooms_with_prefix(&self, prefix: &str, limit: usize) -> (Vec<RoomSummary>, usize) {
+        let mut matching: Vec<(&RoomName, &Room)> =
+            self.rooms.iter().filter(|(name, _)| name.as_str().starts_with(prefix)).collect();
+        let total = matching.len();
+        if limit == 0 {
+            return (Vec::new(), total);
+        }
+        if matching.len() > limit {
+            matching.select_nth_unstable_by(limit - 1, |a, b| a.0.cmp(b.0));
+            matching.truncate(limit);
+        }
+        matching.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let summaries = matching
+            .into_iter()
+            .map(|(name, room)| RoomSummary {
+                room: name.clone(),
+                epoch: room.epoch,
+                owner: room.owner.clone(),
+                members: room.members.len(),
+                users: room.users.len(),
+            })
+            .collect();
+        (summaries, total)
+    }
+
     pub fn room_names(&self) -> Vec<RoomName> {
         self.rooms.keys().cloned().collect()
     }
@@ -520,6 +560,24 @@ mod tests {
 
     fn join(name: &str, m: MemberRecord) -> RoomCommand {
         RoomCommand::Join { room: room(name), member: m, max_members: None }
+    }
+
+    #[test]
+    fn rooms_with_a_prefix_are_listed_in_name_order_up_to_the_limit() {
+        let mut table = RoomTable::new();
+        for (index, name) in ["chat:c", "chat:a", "news:x", "chat:b", "chat:d"].into_iter().enumerate() {
+            let index = index as u64 + 1;
+            table.apply(index, join(name, member("u", index, "n1", 1)));
+        }
+        table.apply(9, join("chat:b", member("v", 9, "n2", 1)));
+        let (rooms, total) = table.rooms_with_prefix("chat:", 3);
+        let names: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
+        assert_eq!((names, total), (vec!["chat:a", "chat:b", "chat:c"], 4));
+        assert_eq!((rooms[1].members, rooms[1].users, rooms[1].epoch), (2, 2, 4));
+        assert_eq!(rooms[1].owner.as_ref(), "n1");
+        assert_eq!(table.rooms_with_prefix("", 10).1, 5);
+        assert_eq!(table.rooms_with_prefix("chat:", 0), (Vec::new(), 4));
+        assert_eq!(table.rooms_with_prefix("nope", 10), (Vec::new(), 0));
     }
 
     #[test]

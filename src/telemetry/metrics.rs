@@ -63,6 +63,8 @@ pub struct Metrics {
     pub history_trimmed_size: Counter,
     pub history_trimmed_ttl: Counter,
     pub history_trimmed_bytes: Counter,
+    /// Recent cluster events this node saw (shared by every clone).
+    pub events: std::sync::Arc<super::RecentEvents>,
     errors: Vec<(ErrorCode, Counter)>,
     node: String,
 }
@@ -110,6 +112,7 @@ impl Metrics {
             history_trimmed_bytes: counter!(
                 "starling_history_trimmed_total", "node" => node.clone(), "reason" => "bytes"
             ),
+            events: Default::default(),
             errors,
             node,
         }
