@@ -28,7 +28,7 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<Value> {
     let mut tasks = Vec::new();
     for w in 0..args.workers {
         let (url, token, protocol) =
-            (urls[w % urls.len()].clone(), args.target.token.clone(), args.target.protocol);
+            (urls[w % urls.len()].clone(), args.target.credential().to_string(), args.target.protocol);
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut failed = 0u64;

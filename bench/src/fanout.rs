@@ -171,8 +171,11 @@ impl Swarm {
         for i in 0..total {
             let room = i % args.rooms;
             let stats = Arc::new(Mutex::new(MemberStats::new(u64::MAX, None)));
-            let (url, token, name) =
-                (urls[i % urls.len()].clone(), args.target.token.clone(), room_name(&args.namespace, room));
+            let (url, token, name) = (
+                urls[i % urls.len()].clone(),
+                args.target.credential().to_string(),
+                room_name(&args.namespace, room),
+            );
             let (gate, protocol, shared, counter) =
                 (gate.clone(), args.target.protocol, stats.clone(), received.clone());
             joining.push((
@@ -201,7 +204,7 @@ impl Swarm {
         let padding = "x".repeat(args.payload_bytes);
         for room in 0..args.rooms {
             let url = &publish_urls[room % publish_urls.len()];
-            let mut conn = Conn::connect(args.target.protocol, url, &args.target.token).await?;
+            let mut conn = Conn::connect(args.target.protocol, url, args.target.credential()).await?;
             let name = room_name(&args.namespace, room);
             conn.join(&name).await?;
             let (tx, rx) = mpsc::channel(1);

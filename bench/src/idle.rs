@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
-use crate::proto::Conn;
+use crate::proto::{Conn, Protocol};
 use crate::sys::{parse_pids, total_rss};
 use crate::target::Target;
 
@@ -46,17 +46,24 @@ pub struct HoldArgs {
     pub conns: usize,
 }
 
-/// Child side: open `conns` connections, print `ready N`, hold them
-/// (answering heartbeats) until stdin closes.
+/// Child side: open `conns` connections (Pusher: each subscribed to one
+/// public channel), print `ready N`, hold them (answering heartbeats)
+/// until stdin closes.
 pub async fn hold(args: HoldArgs) -> anyhow::Result<Value> {
     let urls = args.target.urls();
     let gate = std::sync::Arc::new(Semaphore::new(128));
     let mut opening = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
-        let (url, token, gate) = (urls[i % urls.len()].clone(), args.target.token.clone(), gate.clone());
+        let (url, token, gate) =
+            (urls[i % urls.len()].clone(), args.target.credential().to_string(), gate.clone());
         opening.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
-            let conn = Conn::connect(args.target.protocol, &url, &token).await?;
+            let mut conn = Conn::connect(args.target.protocol, &url, &token).await?;
+            // A Pusher client is subscribed to something: one public channel
+            // of 100 (as bench/pusher-idle.mjs measured it).
+            if args.target.protocol == Protocol::Pusher {
+                conn.join(&format!("bench:{}", i % 100)).await?;
+            }
             drop(permit);
             anyhow::Ok(conn)
         }));

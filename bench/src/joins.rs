@@ -34,7 +34,9 @@ pub async fn run(args: JoinsArgs) -> anyhow::Result<Value> {
     let mut sockets = Vec::new();
     for i in 0..args.conns {
         let _permit = gate.acquire().await?;
-        sockets.push(Conn::connect(args.target.protocol, &urls[i % urls.len()], &args.target.token).await?);
+        sockets.push(
+            Conn::connect(args.target.protocol, &urls[i % urls.len()], args.target.credential()).await?,
+        );
     }
     let started = Instant::now();
     let mut tasks = Vec::new();

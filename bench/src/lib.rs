@@ -1,8 +1,10 @@
 //! `starling-bench`: the load generator for Starling and its peers.
 //!
 //! # Layout
-//! - [`proto`]: one client connection speaking Starling's wire contract v1
-//!   or the Socket.IO v4 wire protocol, so the same code measures both.
+//! - [`proto`]: one client connection speaking Starling's wire contract v1,
+//!   the Socket.IO v4 wire protocol or Pusher Channels protocol 7, so the
+//!   same code measures every peer.
+//! - [`pusher`]: Pusher's frames, channel names and channel authorisation.
 //! - [`fanout`]: members in rooms, publishers on a fixed schedule, latency
 //!   from the scheduled send time, losses/duplicates/reordering, step search.
 //! - [`idle`]: memory per idle connection from the server's RSS slope, with
@@ -11,7 +13,7 @@
 //! - [`raw`]: the raw tokio-tungstenite broadcast server (the ceiling).
 //! - [`report`]: the Markdown comparison table from a directory of results.
 //! - [`sys`]: RSS and CPU time from /proc, `kill -9`.
-//! - [`target`]: the `--protocol`/`--url`/`--token` block every client command shares.
+//! - [`target`]: the `--protocol`/`--url`/`--token`/`--app-secret` block every client command shares.
 //!
 //! Every command prints one JSON object on stdout; progress goes to stderr.
 
@@ -22,6 +24,7 @@ pub mod fanout;
 pub mod idle;
 pub mod joins;
 pub mod proto;
+pub mod pusher;
 pub mod raw;
 pub mod report;
 pub mod sys;

@@ -1,11 +1,18 @@
-//! One load-generator connection speaking either Starling's wire contract v1
-//! or the Socket.IO v4 wire protocol (Engine.IO v4, WebSocket transport only),
-//! so that the same client code measures both kinds of server.
+//! One load-generator connection speaking Starling's wire contract v1, the
+//! Socket.IO v4 wire protocol (Engine.IO v4, WebSocket transport only) or the
+//! Pusher Channels protocol 7 (frames in [`crate::pusher`]), so that the same
+//! client code measures every kind of server.
 //!
 //! Benchmark messages carry `{"bench":[t,s,k],"p":"..."}` as their data: `t`
 //! is the *scheduled* send time in microseconds since the Unix epoch, `s` the
 //! publisher's sequence number in its room and `k` the step of the run. The
-//! receiving side finds the marker without parsing the whole frame.
+//! receiving side finds the marker without parsing the whole frame (also
+//! when a server passes the data on as a JSON string, escaped).
+//!
+//! Pusher has no request ids: a subscription is answered per channel
+//! (`subscription_succeeded` or `subscription_error`), and an unsubscribe
+//! not at all, so a leave is followed by a `pusher:ping` whose `pusher:pong`
+//! stands for its answer (the server reads a connection's frames in order).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::pusher;
+
 /// Which wire protocol a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,6 +36,8 @@ pub enum Protocol {
     Starling,
     /// Socket.IO v4 over a WebSocket (`/socket.io/?EIO=4&transport=websocket`).
     Socketio,
+    /// Pusher Channels protocol 7 (`/app/{key}?protocol=7`).
+    Pusher,
 }
 
 pub type Socket = WebSocketStream<TcpStream>;
@@ -42,8 +53,13 @@ pub enum Incoming {
     /// The answer to request `id`.
     Reply { id: u64, ok: bool, text: String },
     /// An error reply to a request sent without an id (a refused publish,
-    /// e.g. `unavailable` while a room's owner moves): the sender was told.
+    /// e.g. `unavailable` while a room's owner moves; Pusher's
+    /// `pusher:error`, e.g. a client event over the rate): the sender was told.
     Refused,
+    /// Pusher: a subscription's answer, for its channel.
+    Subscription { channel: String, ok: bool },
+    /// Pusher: the `pusher:pong` to our `pusher:ping`.
+    Pong,
     /// Anything else (presence events, the Socket.IO connect answer, ...).
     Other,
 }
@@ -53,6 +69,8 @@ pub struct Conn {
     pub ws: Socket,
     protocol: Protocol,
     next_id: u64,
+    /// Pusher: the credentials that authorise this connection's subscriptions.
+    pusher: Option<pusher::Session>,
 }
 
 /// Source addresses rotate over 127.0.0.2..=127.0.0.51 for loopback targets,
@@ -84,7 +102,9 @@ impl Conn {
     /// Connects and waits until the server is ready for requests: Starling's
     /// `welcome`, or Socket.IO's open packet and namespace connect answer.
     /// `url` is the WebSocket URL without token (`ws://h:p/ws`) for Starling,
-    /// the bare origin (`ws://h:p`) for Socket.IO.
+    /// the bare origin (`ws://h:p`) for Socket.IO, `ws://h:p/app/{key}` for
+    /// Pusher. `credential` is the JWT for Starling, the app secret for Pusher
+    /// (channel authorisations are signed here), unused for Socket.IO.
     pub async fn connect(protocol: Protocol, url: &str, token: &str) -> anyhow::Result<Conn> {
         tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(protocol, url, token))
             .await
@@ -97,13 +117,14 @@ impl Conn {
             Protocol::Socketio => {
                 format!("{}/socket.io/?EIO=4&transport=websocket", url.trim_end_matches('/'))
             }
+            Protocol::Pusher => pusher::connect_url(url),
         };
         let stream = tcp_connect(host_port(url)?).await?;
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (ws, _) = tokio_tungstenite::client_async_with_config(full, stream, Some(config))
             .await
             .context("websocket upgrade failed")?;
-        let mut conn = Conn { ws, protocol, next_id: 0 };
+        let mut conn = Conn { ws, protocol, next_id: 0, pusher: None };
         match protocol {
             Protocol::Starling => match conn.ws.next().await {
                 Some(Ok(Message::Text(text))) if text.contains(r#""type":"welcome""#) => {}
@@ -129,6 +150,16 @@ impl Conn {
                     }
                 }
             }
+            Protocol::Pusher => match conn.ws.next().await {
+                Some(Ok(Message::Text(text))) => match pusher::classify(&text) {
+                    pusher::Frame::Established { socket_id } => {
+                        let key = pusher::app_key(url)?.to_string();
+                        conn.pusher = Some(pusher::Session { key, secret: token.to_string(), socket_id });
+                    }
+                    _ => bail!("expected pusher:connection_established, got {text}"),
+                },
+                other => bail!("expected pusher:connection_established, got {other:?}"),
+            },
         }
         Ok(conn)
     }
@@ -140,13 +171,48 @@ impl Conn {
         let frame = match self.protocol {
             Protocol::Starling => format!(r#"{{"type":"{event}","id":{id},"room":{room}}}"#),
             Protocol::Socketio => format!(r#"42{id}["{event}",{room}]"#),
+            Protocol::Pusher => unreachable!("Pusher requests have no ids"),
         };
         (id, frame)
+    }
+
+    /// Pusher: subscribe (answered per channel) or unsubscribe (then a ping,
+    /// whose pong stands for the answer).
+    async fn pusher_request(&mut self, event: &str, room: &str) -> anyhow::Result<bool> {
+        let session = self.pusher.as_ref().context("a Pusher connection has a session")?;
+        let channel = pusher::channel(room);
+        match event {
+            "join" => self.ws.send(Message::text(pusher::subscribe_frame(session, &channel))).await?,
+            "leave" => {
+                self.ws.send(Message::text(pusher::unsubscribe_frame(&channel))).await?;
+                self.ws.send(Message::text(pusher::PING)).await?;
+            }
+            other => bail!("no Pusher request for {other}"),
+        }
+        loop {
+            match self.next().await {
+                Some(Ok(Incoming::Subscription { channel: got, ok }))
+                    if event == "join" && got == channel =>
+                {
+                    return Ok(ok)
+                }
+                // Sockudo answers a refused subscription with a channel-less
+                // `pusher:error` (4009) instead of `pusher:subscription_error`.
+                Some(Ok(Incoming::Refused)) if event == "join" => return Ok(false),
+                Some(Ok(Incoming::Pong)) if event == "leave" => return Ok(true),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => bail!("connection ended while waiting for the {event} answer"),
+            }
+        }
     }
 
     /// Sends a join or leave (`event`) and waits for its answer, returning
     /// whether the server accepted it. Deliveries meanwhile are dropped.
     pub async fn request(&mut self, event: &str, room: &str) -> anyhow::Result<bool> {
+        if self.protocol == Protocol::Pusher {
+            return self.pusher_request(event, room).await;
+        }
         let (id, frame) = self.request_frame(event, room);
         self.ws.send(Message::text(frame)).await?;
         loop {
@@ -180,6 +246,17 @@ impl Conn {
             let pong = match self.protocol {
                 Protocol::Starling if text.as_str() == r#"{"type":"ping"}"# => r#"{"type":"pong"}"#,
                 Protocol::Socketio if text.as_str() == "2" => "3",
+                Protocol::Pusher => match pusher::classify(&text) {
+                    pusher::Frame::Ping => pusher::PONG,
+                    pusher::Frame::Pong => return Some(Ok(Incoming::Pong)),
+                    pusher::Frame::Subscription { channel, ok } => {
+                        return Some(Ok(Incoming::Subscription { channel, ok }))
+                    }
+                    pusher::Frame::Error => return Some(Ok(Incoming::Refused)),
+                    pusher::Frame::Established { .. } | pusher::Frame::Other => {
+                        return Some(Ok(Incoming::Other))
+                    }
+                },
                 _ => return Some(Ok(parse_other(self.protocol, &text))),
             };
             if let Err(e) = self.ws.send(Message::text(pong)).await {
@@ -203,6 +280,7 @@ pub fn publish_frame(protocol: Protocol, room: &str, data: &str) -> String {
     match protocol {
         Protocol::Starling => format!(r#"{{"type":"publish","room":"{room}","data":{data}}}"#),
         Protocol::Socketio => format!(r#"42["publish","{room}",{data}]"#),
+        Protocol::Pusher => pusher::client_event_frame(&pusher::channel(room), data),
     }
 }
 
@@ -212,10 +290,15 @@ pub fn bench_data(t_us: u64, seq: u64, step: u64, padding: &str) -> String {
 }
 
 const MARKER: &str = r#""bench":["#;
+/// The marker inside data a server passed on as a JSON string.
+const ESCAPED_MARKER: &str = r#"\"bench\":["#;
 
 /// Finds the `"bench":[t,s,k]` marker of a delivered message, if any.
 pub fn parse_delivery(text: &str) -> Option<Incoming> {
-    let at = text.find(MARKER)? + MARKER.len();
+    let at = match text.find(MARKER) {
+        Some(at) => at + MARKER.len(),
+        None => text.find(ESCAPED_MARKER)? + ESCAPED_MARKER.len(),
+    };
     let mut numbers = text[at..].split([',', ']']).take(3).map(|n| n.trim().parse::<u64>());
     let (Some(Ok(t)), Some(Ok(s)), Some(Ok(k))) = (numbers.next(), numbers.next(), numbers.next()) else {
         return None;
@@ -253,6 +336,7 @@ fn parse_other(protocol: Protocol, text: &str) -> Incoming {
             }
             None => Incoming::Other,
         },
+        Protocol::Pusher => Incoming::Other,
     }
 }
 
@@ -266,14 +350,20 @@ pub fn now_us() -> u64 {
 mod tests {
     use super::*;
 
-    /// The marker is found in both protocols' message frames and carries
+    /// The marker is found in every protocol's message frames (Pusher's
+    /// also when the server passes the data on as a string) and carries
     /// the three numbers exactly.
     #[test]
-    fn deliveries_parse_in_both_protocols() {
+    fn deliveries_parse_in_every_protocol() {
         let data = bench_data(1_700_000_000_123_456, 42, 3, "xx");
         let starling = format!(r#"{{"type":"message","room":"chat:a","offset":43,"epoch":1,"data":{data}}}"#);
         let socketio = format!(r#"42["message","chat:a",{data}]"#);
-        for text in [starling, socketio] {
+        let pusher = format!(r#"{{"event":"client-bench","channel":"private-a","data":{data}}}"#);
+        let pusher_string_data = format!(
+            r#"{{"event":"client-bench","channel":"private-a","data":{}}}"#,
+            serde_json::to_string(&data).unwrap()
+        );
+        for text in [starling, socketio, pusher, pusher_string_data] {
             match parse_delivery(&text) {
                 Some(Incoming::Delivery { t, s, k }) => assert_eq!((t, s, k), (1_700_000_000_123_456, 42, 3)),
                 other => panic!("no delivery in {text}: {other:?}"),

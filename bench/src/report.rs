@@ -1,6 +1,8 @@
-//! The comparison table: reads `DIR/<peer>/<scenario>.json` as written by
+//! The comparison tables: reads `DIR/<peer>/<scenario>.json` as written by
 //! `bench/compare.sh` and prints Markdown, every figure next to the peers
-//! measured in the same run, with the ratios the goals are stated in.
+//! measured in the same run, with the ratios the goals are stated in: one
+//! table for the Starling-protocol peers (issue 6), one for the Pusher
+//! peers (issue 13), each printed when the run measured any of its peers.
 
 use std::path::Path;
 
@@ -14,6 +16,18 @@ pub const PEERS: [(&str, &str); 5] = [
     ("starling-3", "Starling 3 nodes"),
     ("socketio-3-redis", "Socket.IO 3 + Redis"),
 ];
+
+/// The Pusher peers in column order.
+pub const PUSHER_PEERS: [(&str, &str); 4] = [
+    ("starling-pusher-1", "Starling-Pusher 1 node"),
+    ("sockudo-1", "Sockudo 1 proc"),
+    ("starling-pusher-3", "Starling-Pusher 3 nodes"),
+    ("sockudo-3-redis", "Sockudo 3 + Redis"),
+];
+
+/// The Pusher table's ratio columns: title, numerator and denominator
+/// (indices into [`PUSHER_PEERS`]).
+const PUSHER_RATIOS: [(&str, usize, usize); 2] = [("SP1 / SK1", 0, 1), ("SP3 / SK3+R", 2, 3)];
 
 /// One row: title, scenario file, how to read the figure, and whether
 /// higher is better (for the ratio wording).
@@ -201,9 +215,85 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// The comparison table and the goal checks, as Markdown.
+/// The comparison tables and the goal checks, as Markdown.
 pub fn markdown(dir: &Path) -> anyhow::Result<String> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let measured = |peers: &[(&str, &str)]| peers.iter().any(|(peer, _)| dir.join(peer).is_dir());
+    let mut out = String::new();
+    if measured(&PEERS) || !measured(&PUSHER_PEERS) {
+        out.push_str(&starling_table(dir));
+    }
+    if measured(&PUSHER_PEERS) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&pusher_table(dir));
+    }
+    Ok(out)
+}
+
+/// One cell: the figure, or for a search that never passed "< lowest rate".
+fn cell(dir: &Path, peer: &str, row: &Row, value: Option<f64>) -> String {
+    match value {
+        None => {
+            below_every_step(dir, peer, row).map_or_else(|| show(None), |x| format!("< {}", show(Some(x))))
+        }
+        Some(_) => show(value),
+    }
+}
+
+/// Starling-Pusher against Sockudo, one node and three, and the rows where
+/// Starling is behind (issue 13's goal is to be ahead on every row).
+fn pusher_table(dir: &Path) -> String {
+    let mut out = String::from("| measure (Pusher protocol) |");
+    for (_, title) in PUSHER_PEERS {
+        out.push_str(&format!(" {title} |"));
+    }
+    for (title, _, _) in PUSHER_RATIOS {
+        out.push_str(&format!(" {title} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(PUSHER_PEERS.len() + PUSHER_RATIOS.len()));
+    out.push('\n');
+    let mut behind = Vec::new();
+    for row in ROWS {
+        let values: Vec<Option<f64>> = PUSHER_PEERS.iter().map(|(peer, _)| figure(dir, peer, row)).collect();
+        let cells: Vec<String> =
+            values.iter().zip(PUSHER_PEERS).map(|(v, (peer, _))| cell(dir, peer, row, *v)).collect();
+        if cells.iter().all(|c| c == "–") {
+            continue;
+        }
+        out.push_str(&format!("| {} |", row.title));
+        for cell in cells {
+            out.push_str(&format!(" {cell} |"));
+        }
+        for (title, a, b) in PUSHER_RATIOS {
+            out.push_str(&format!(" {} |", ratio(values[a], values[b])));
+            if let (Some(s), Some(k)) = (values[a], values[b]) {
+                let worse = if row.higher_is_better { s < k } else { s > k };
+                if worse {
+                    behind.push(format!("{} ({title}: {} vs {})", row.title, show(Some(s)), show(Some(k))));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str("\nSP = Starling serving a Pusher app, SK = Sockudo; ratios are Starling's figure divided by Sockudo's (above 1 is better where higher is better, below 1 for the others). \"join+leave\" rows are presence subscribe + unsubscribe (the unsubscribe's answer is the pong to a ping sent after it). \"< N\": no step of the search met the bound; N is the lowest rate tried.\n\n");
+    if behind.is_empty() {
+        out.push_str("Goal (issue 13), from this run: ahead of Sockudo on every row measured.\n");
+    } else {
+        out.push_str(
+            "Goal (issue 13), from this run: ahead of Sockudo on every row: **NOT met**; behind on:\n",
+        );
+        for line in behind {
+            out.push_str(&format!("- {line}\n"));
+        }
+    }
+    out
+}
+
+/// The Starling-protocol table (issue 6) and its goal checks.
+fn starling_table(dir: &Path) -> String {
     let mut out = String::new();
     out.push_str("| measure |");
     for (_, title) in PEERS {
@@ -216,12 +306,7 @@ pub fn markdown(dir: &Path) -> anyhow::Result<String> {
         let values: Vec<Option<f64>> = PEERS.iter().map(|(peer, _)| figure(dir, peer, row)).collect();
         out.push_str(&format!("| {} |", row.title));
         for (v, (peer, _)) in values.iter().zip(PEERS) {
-            let cell = match v {
-                None => below_every_step(dir, peer, row)
-                    .map_or_else(|| show(None), |x| format!("< {}", show(Some(x)))),
-                Some(_) => show(*v),
-            };
-            out.push_str(&format!(" {cell} |"));
+            out.push_str(&format!(" {} |", cell(dir, peer, row, *v)));
         }
         out.push_str(&format!(
             " {} | {} | {} |\n",
@@ -235,7 +320,7 @@ pub fn markdown(dir: &Path) -> anyhow::Result<String> {
     out.push_str(&better.join("; "));
     out.push_str("), below 1 is better for the others. \"< N\": no step of the search met the bound (p99 within the bound, nothing lost); N is the lowest rate tried.\n\n");
     out.push_str(&goals(dir));
-    Ok(out)
+    out
 }
 
 fn goals(dir: &Path) -> String {
@@ -301,4 +386,42 @@ fn goals(dir: &Path) -> String {
     }
     check("3-node Starling beats Socket.IO x3 + Redis on throughput and p99 in every scenario".into(), all);
     lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, peer: &str, scenario: &str, value: Value) {
+        std::fs::create_dir_all(dir.join(peer)).unwrap();
+        std::fs::write(dir.join(peer).join(format!("{scenario}.json")), value.to_string()).unwrap();
+    }
+
+    /// A run of only the Pusher peers prints only the Pusher table, with
+    /// each ratio from the same row, and names the rows where Starling is
+    /// behind Sockudo.
+    #[test]
+    fn pusher_table_lists_the_rows_where_starling_is_behind() {
+        let dir = std::env::temp_dir().join(format!("starling-bench-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write(&dir, "starling-pusher-1", "idle", serde_json::json!({"bytes_per_connection_slope": 20_000.0}));
+        write(&dir, "sockudo-1", "idle", serde_json::json!({"bytes_per_connection_slope": 150_000.0}));
+        write(&dir, "starling-pusher-1", "joins", serde_json::json!({"operations_per_second": 1000.0}));
+        write(&dir, "sockudo-1", "joins", serde_json::json!({"operations_per_second": 2000.0}));
+        let table = markdown(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!table.contains("Socket.IO"), "{table}");
+        assert!(
+            table.contains(
+                "| idle: bytes per connection (RSS slope) | 20,000 | 150,000 | – | – | 0.13x | – |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| join+leave: operations/s | 1,000 | 2,000 | – | – | 0.50x | – |"),
+            "{table}"
+        );
+        assert!(table.contains("- join+leave: operations/s (SP1 / SK1: 1,000 vs 2,000)"), "{table}");
+        assert!(!table.contains("- idle"), "{table}");
+    }
 }
