@@ -252,8 +252,14 @@ pub fn cluster(state: &ApiState) -> Response {
     if let Some((group, membership)) = &state.cluster {
         return warp::reply::json(&crate::cluster::view(group, membership)).into_response();
     }
+    warp::reply::json(&single_node_view(state)).into_response()
+}
+
+/// `GET /api/cluster`'s body on a single node (no Raft group): the node
+/// leads itself.
+pub fn single_node_view(state: &ApiState) -> serde_json::Value {
     let gateway = &state.gateway;
-    let body = serde_json::json!({
+    serde_json::json!({
         "leader": &*gateway.node,
         "term": 0,
         "nodes": [{
@@ -261,9 +267,10 @@ pub fn cluster(state: &ApiState) -> Response {
             "state": if gateway.is_draining() { "draining" } else { "alive" },
             "role": "leader",
             "connections": gateway.connection_count(),
+            "voter": true,
+            "lag": 0,
         }],
-    });
-    warp::reply::json(&body).into_response()
+    })
 }
 
 pub fn disconnect(state: &ApiState, body: &[u8]) -> Response {

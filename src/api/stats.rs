@@ -204,19 +204,7 @@ pub fn stats(state: &ApiState) -> Response {
 /// the Raft group gossip no longer sees, as `down`.
 fn cluster(state: &ApiState) -> serde_json::Value {
     let Some((group, membership)) = &state.cluster else {
-        let gateway = &state.gateway;
-        return serde_json::json!({
-            "leader": &*gateway.node,
-            "term": 0,
-            "nodes": [{
-                "name": &*gateway.node,
-                "state": if gateway.is_draining() { "draining" } else { "alive" },
-                "role": "leader",
-                "connections": gateway.connection_count(),
-                "voter": true,
-                "lag": 0,
-            }],
-        });
+        return super::handlers::single_node_view(state);
     };
     let view = crate::cluster::view_with_down(group, membership);
     let metrics = group.metrics().borrow().clone();
