@@ -98,6 +98,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::get())
         .and(authorized.clone())
         .map(|state: Arc<ApiState>| handlers::cluster(&state));
+    let remove_node = warp::path!("api" / "cluster" / "nodes" / String)
+        .and(warp::delete())
+        .and(authorized.clone())
+        .then(|name: String, state: Arc<ApiState>| async move { handlers::remove_node(&state, &name).await });
     let room_list = warp::path!("api" / "rooms")
         .and(warp::get())
         .and(authorized.clone())
@@ -182,6 +186,8 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .or(history)
         .unify()
         .or(cluster)
+        .unify()
+        .or(remove_node)
         .unify()
         .or(room_list)
         .unify()
