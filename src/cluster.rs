@@ -34,8 +34,8 @@ mod autopilot;
 mod planner;
 mod removal;
 
-pub use autopilot::Autopilot;
 pub use crate::forward::{RemovalRefusal, RemovedNode};
+pub use autopilot::Autopilot;
 pub use removal::remove_node;
 
 /// Link cuts a test injects into this node's peer links and gossip

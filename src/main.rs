@@ -191,10 +191,14 @@ fn remove_node(
             let scheme = if config.listen.tls.is_some() { "https" } else { "http" };
             format!("{scheme}://{addr}")
         }
-        (None, None) => anyhow::bail!("give --api URL (and --api-key), or --config with a node's config file"),
+        (None, None) => {
+            anyhow::bail!("give --api URL (and --api-key), or --config with a node's config file")
+        }
     };
     let Some(key) = api_key.or_else(|| config.as_ref().and_then(|c| c.auth.api_key.clone())) else {
-        anyhow::bail!("no API key: give --api-key (or STARLING_API_KEY), or a --config that sets auth.api_key");
+        anyhow::bail!(
+            "no API key: give --api-key (or STARLING_API_KEY), or a --config that sets auth.api_key"
+        );
     };
     starling::tls::install_default_provider();
     let mut client = reqwest::Client::builder().timeout(Duration::from_secs(15));
@@ -215,7 +219,8 @@ fn remove_node(
     let url = format!("{base}/api/cluster/nodes/{segment}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async {
-        let response = client.delete(&url).bearer_auth(&key).send().await.with_context(|| format!("DELETE {url}"))?;
+        let response =
+            client.delete(&url).bearer_auth(&key).send().await.with_context(|| format!("DELETE {url}"))?;
         let status = response.status();
         let body = response.text().await.with_context(|| format!("DELETE {url}"))?;
         anyhow::Ok((status, body))
@@ -226,7 +231,8 @@ fn remove_node(
         anyhow::bail!("{url} answered {status}: {message}");
     }
     let list = |key: &str| {
-        let names: Vec<&str> = json[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        let names: Vec<&str> =
+            json[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
         if names.is_empty() {
             "none".to_string()
         } else {

@@ -260,7 +260,11 @@ pub fn cluster(state: &ApiState) -> Response {
 pub async fn remove_node(state: &ApiState, name: &str) -> Response {
     use crate::cluster::RemovalRefusal;
     let (Some((group, membership)), Some(links)) = (&state.cluster, &state.links) else {
-        return error_response(StatusCode::CONFLICT, ErrorCode::BadRequest, "this node is not part of a cluster");
+        return error_response(
+            StatusCode::CONFLICT,
+            ErrorCode::BadRequest,
+            "this node is not part of a cluster",
+        );
     };
     let name = percent_decode(name);
     match crate::cluster::remove_node(group, membership, links, &name).await {

@@ -242,7 +242,11 @@ impl PeerLinks {
 
     /// Asks `leader` to remove `name` from the group, over a link that
     /// runs peer protocol 8 or later (an older leader cannot take it).
-    pub async fn ask_leader_to_remove(&self, leader: &str, name: &str) -> Result<RemovedNode, RemovalRefusal> {
+    pub async fn ask_leader_to_remove(
+        &self,
+        leader: &str,
+        name: &str,
+    ) -> Result<RemovedNode, RemovalRefusal> {
         let addr = self
             .peer_addr(leader)
             .ok_or_else(|| RemovalRefusal::Unavailable(format!("no address for the leader {leader}")))?;

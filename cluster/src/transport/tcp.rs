@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::frame::{
-    encode_frame, read_frame, read_frame_limited, speaks, version_refusal, write_frame, Frame, MAX_HELLO_BYTES,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    encode_frame, read_frame, read_frame_limited, speaks, version_refusal, write_frame, Frame,
+    MAX_HELLO_BYTES, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use super::tls::{certificate_names, PeerTls};
 use super::{
@@ -234,7 +234,9 @@ impl TcpTransport {
         loop {
             match self.dial_at(addr, version).await {
                 Ok((stream, identity)) => return Ok((stream, identity, version)),
-                Err(error) if error.reason == version_refusal(version) && version > OLDEST_PROTOCOL_VERSION => {
+                Err(error)
+                    if error.reason == version_refusal(version) && version > OLDEST_PROTOCOL_VERSION =>
+                {
                     debug!(peer = %addr, version, "peer does not speak this peer protocol version; trying the previous one");
                     version -= 1;
                 }
