@@ -168,41 +168,30 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
             demo::token(&state, query.get("user").map(String::as_str)).ok_or_else(warp::reject::not_found)
         });
 
-    healthz
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(publish)
-        .unify()
-        .or(presence)
-        .unify()
-        .or(room)
-        .unify()
-        .or(history)
-        .unify()
-        .or(cluster)
-        .unify()
-        .or(room_list)
-        .unify()
-        .or(stats)
-        .unify()
-        .or(admin_page)
-        .unify()
-        .or(disconnect)
-        .unify()
-        .or(pusher_get)
-        .unify()
-        .or(pusher_post)
-        .unify()
-        .or(demo_page)
-        .unify()
-        .or(demo_client)
-        .unify()
-        .or(demo_token)
-        .unify()
-        .recover(recover)
-        .unify()
+    // Each route is boxed before it joins the chain: a deep chain of
+    // nested `Or` types made rustc take half an hour on this crate.
+    let mut routes = healthz.boxed();
+    for route in [
+        readyz.boxed(),
+        metrics.boxed(),
+        publish.boxed(),
+        presence.boxed(),
+        room.boxed(),
+        history.boxed(),
+        cluster.boxed(),
+        room_list.boxed(),
+        stats.boxed(),
+        admin_page.boxed(),
+        disconnect.boxed(),
+        pusher_get.boxed(),
+        pusher_post.boxed(),
+        demo_page.boxed(),
+        demo_client.boxed(),
+        demo_token.boxed(),
+    ] {
+        routes = routes.or(route).unify().boxed();
+    }
+    routes.recover(recover).unify()
 }
 
 #[derive(Debug)]
