@@ -165,8 +165,8 @@ impl ClusterRuntime {
         links.set_gossip_stats(gossip_stats);
         let membership = Arc::new(membership);
         links.set_remover(Arc::new(removal::LeaderRemover {
-            group: Arc::clone(&group),
-            membership: Arc::clone(&membership),
+            group: Arc::downgrade(&group),
+            membership: Arc::downgrade(&membership),
         }));
         info!(peer = %peer_addr, gossip = %membership.gossip_addr(), "cluster member started");
         Ok(ClusterRuntime { group, membership, links, transport, peer_addr })

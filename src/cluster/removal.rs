@@ -9,7 +9,7 @@
 //! autopilot would add it back as a learner at once, and removing a live
 //! voter is what a rolling restart must never do by accident.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use starling_cluster::membership::Membership;
@@ -73,16 +73,22 @@ pub async fn remove_here(
     })
 }
 
-/// What a leader runs for a follower's `RemoveNode` request.
+/// What a leader runs for a follower's `RemoveNode` request. The peer
+/// links own it, so it holds the group and gossip weakly: a node that
+/// stops must drop both (a stopped node that still gossiped would be
+/// seen alive).
 pub struct LeaderRemover {
-    pub group: Arc<RaftGroup>,
-    pub membership: Arc<Membership>,
+    pub group: Weak<RaftGroup>,
+    pub membership: Weak<Membership>,
 }
 
 impl NodeRemover for LeaderRemover {
     fn remove_here(&self, name: String) -> BoxFuture<Result<RemovedNode, RemovalRefusal>> {
-        let (group, membership) = (Arc::clone(&self.group), Arc::clone(&self.membership));
+        let (group, membership) = (self.group.upgrade(), self.membership.upgrade());
         Box::pin(async move {
+            let (Some(group), Some(membership)) = (group, membership) else {
+                return Err(RemovalRefusal::Unavailable("this node is stopping".into()));
+            };
             if !group.is_leader() {
                 return Err(RemovalRefusal::Unavailable("the leader changed; retry".into()));
             }
