@@ -47,6 +47,17 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --lib --bins -- -D warnings
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== the previous peer protocol's build (scripts/previous-build.sh)"
+# For the rolling-upgrade test in tests/cluster_ops.rs (N-1 compatibility).
+if previous=$(bash scripts/previous-build.sh); then
+  export PREVIOUS_STARLING_BIN="$previous"
+  echo "-- $previous"
+elif [ "${CI_REQUIRE_PREVIOUS_BUILD:-0}" = 1 ]; then
+  echo "the previous build could not be made (CI_REQUIRE_PREVIOUS_BUILD=1)" >&2
+  exit 1
+else
+  echo "-- skipped: the rolling-upgrade test (the previous build could not be made)"
+fi
 echo "== cargo test"
 cargo test --workspace --all-features
 echo "== deploy/check.sh"

@@ -32,8 +32,11 @@ use crate::replicate::{CommandValidator, SharedTable, TableApplier};
 
 mod autopilot;
 mod planner;
+mod removal;
 
+pub use crate::forward::{RemovalRefusal, RemovedNode};
 pub use autopilot::Autopilot;
+pub use removal::remove_node;
 
 /// Link cuts a test injects into this node's peer links and gossip
 /// (`Node::start_with_faults`). Without the `faults` feature (every release
@@ -160,8 +163,13 @@ impl ClusterRuntime {
             .await
             .context("starting gossip")?;
         links.set_gossip_stats(gossip_stats);
+        let membership = Arc::new(membership);
+        links.set_remover(Arc::new(removal::LeaderRemover {
+            group: Arc::downgrade(&group),
+            membership: Arc::downgrade(&membership),
+        }));
         info!(peer = %peer_addr, gossip = %membership.gossip_addr(), "cluster member started");
-        Ok(ClusterRuntime { group, membership: Arc::new(membership), links, transport, peer_addr })
+        Ok(ClusterRuntime { group, membership, links, transport, peer_addr })
     }
 
     pub fn gossip_addr(&self) -> SocketAddr {

@@ -1180,7 +1180,7 @@ fn parse_gossip_key(text: &str) -> Result<starling_cluster::membership::GossipKe
 }
 
 /// `STARLING_` variables that are not config overrides (CLI inputs).
-const NOT_CONFIG_VARS: [&str; 1] = ["STARLING_TOKEN_SECRET"];
+const NOT_CONFIG_VARS: [&str; 2] = ["STARLING_TOKEN_SECRET", "STARLING_API_KEY"];
 
 /// Sets `STARLING_A__B=value` as key `a.b`. A value is read as TOML when it
 /// parses as a TOML value (numbers, booleans, arrays), else as a string.

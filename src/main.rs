@@ -1,5 +1,5 @@
-//! The `starling` command line: `serve` (the default), `check-config`, `token`
-//! and `cert`.
+//! The `starling` command line: `serve` (the default), `check-config`, `token`,
+//! `cert` and `cluster`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +50,30 @@ enum Command {
     /// Make the certificates and the gossip key of a secure cluster.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Operate a running cluster through a node's HTTP API.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Remove a dead node from the Raft group for good (its voter seat or
+    /// learner place): `DELETE /api/cluster/nodes/NAME` on any node. The
+    /// API address and key come from --config (a node's config file) or
+    /// from --api and --api-key.
+    RemoveNode {
+        /// The node name (`node.name`) to remove; it must be stopped.
+        name: String,
+        /// The API base URL of any node, e.g. http://10.0.0.11:7701.
+        #[arg(long)]
+        api: Option<String>,
+        /// The API key (auth.api_key).
+        #[arg(long, env = "STARLING_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// A PEM CA certificate to trust for an https API (with a private CA).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,7 +163,85 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cluster(ClusterCommand::RemoveNode { name, api, api_key, ca }) => {
+            remove_node(&name, cli.config.as_deref(), api, api_key, ca.as_deref())
+        }
     }
+}
+
+/// `starling cluster remove-node`: the API's answer, as one line.
+fn remove_node(
+    name: &str,
+    config: Option<&std::path::Path>,
+    api: Option<String>,
+    api_key: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Some(Config::load(Some(path), std::env::vars())?),
+        None => None,
+    };
+    let base = match (api, &config) {
+        (Some(api), _) => api.trim_end_matches('/').to_string(),
+        (None, Some(config)) => {
+            let mut addr = config.listen.api;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let scheme = if config.listen.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        }
+        (None, None) => {
+            anyhow::bail!("give --api URL (and --api-key), or --config with a node's config file")
+        }
+    };
+    let Some(key) = api_key.or_else(|| config.as_ref().and_then(|c| c.auth.api_key.clone())) else {
+        anyhow::bail!(
+            "no API key: give --api-key (or STARLING_API_KEY), or a --config that sets auth.api_key"
+        );
+    };
+    starling::tls::install_default_provider();
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(15));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
+        let certificate =
+            reqwest::Certificate::from_pem(&pem).with_context(|| format!("--ca {}", ca.display()))?;
+        client = client.add_root_certificate(certificate);
+    }
+    let client = client.build()?;
+    let segment: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!("{base}/api/cluster/nodes/{segment}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async {
+        let response =
+            client.delete(&url).bearer_auth(&key).send().await.with_context(|| format!("DELETE {url}"))?;
+        let status = response.status();
+        let body = response.text().await.with_context(|| format!("DELETE {url}"))?;
+        anyhow::Ok((status, body))
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = json["error"]["message"].as_str().unwrap_or(body.trim());
+        anyhow::bail!("{url} answered {status}: {message}");
+    }
+    let list = |key: &str| {
+        let names: Vec<&str> =
+            json[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let seat = if json["was_voter"].as_bool() == Some(true) { "voter" } else { "learner" };
+    println!("removed {name} (a {seat}); voters now: {}; learners: {}", list("voters"), list("learners"));
+    Ok(())
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -101,6 +101,10 @@ impl PeerTransport for FaultyPeerTransport {
     fn peer_identity(&self, addr: &str) -> Option<crate::transport::PeerIdentity> {
         self.inner.peer_identity(addr)
     }
+
+    fn peer_version(&self, addr: &str) -> Option<u32> {
+        self.inner.peer_version(addr)
+    }
 }
 
 /// A gossip transport whose sockets drop datagrams along cut links.

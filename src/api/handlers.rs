@@ -255,6 +255,42 @@ pub fn cluster(state: &ApiState) -> Response {
     warp::reply::json(&single_node_view(state)).into_response()
 }
 
+/// `DELETE /api/cluster/nodes/{name}`: removes a dead node from the Raft
+/// group for good, from any node (a follower asks the leader).
+pub async fn remove_node(state: &ApiState, name: &str) -> Response {
+    use crate::cluster::RemovalRefusal;
+    let (Some((group, membership)), Some(links)) = (&state.cluster, &state.links) else {
+        return error_response(
+            StatusCode::CONFLICT,
+            ErrorCode::BadRequest,
+            "this node is not part of a cluster",
+        );
+    };
+    let name = percent_decode(name);
+    match crate::cluster::remove_node(group, membership, links, &name).await {
+        Ok(removed) => {
+            tracing::info!(node = %removed.node, was_voter = removed.was_voter, "node removed from the group");
+            warp::reply::json(&removed).into_response()
+        }
+        Err(refusal) => {
+            let (status, code) = match &refusal {
+                RemovalRefusal::NotMember(_) => (StatusCode::NOT_FOUND, ErrorCode::BadRequest),
+                RemovalRefusal::Alive(_)
+                | RemovalRefusal::LeaderOrLastVoter(_)
+                | RemovalRefusal::LeaderTooOld { .. } => (StatusCode::CONFLICT, ErrorCode::BadRequest),
+                RemovalRefusal::NoLeader | RemovalRefusal::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                }
+            };
+            let mut response = error_response(status, code, &refusal.to_string());
+            if refusal.retryable() {
+                response.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
 /// `GET /api/cluster`'s body on a single node (no Raft group): the node
 /// leads itself.
 pub fn single_node_view(state: &ApiState) -> serde_json::Value {

@@ -98,6 +98,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::get())
         .and(authorized.clone())
         .map(|state: Arc<ApiState>| handlers::cluster(&state));
+    let remove_node = warp::path!("api" / "cluster" / "nodes" / String)
+        .and(warp::delete())
+        .and(authorized.clone())
+        .then(|name: String, state: Arc<ApiState>| async move { handlers::remove_node(&state, &name).await });
     let room_list = warp::path!("api" / "rooms")
         .and(warp::get())
         .and(authorized.clone())
@@ -179,6 +183,7 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (Response,), Error 
         room.boxed(),
         history.boxed(),
         cluster.boxed(),
+        remove_node.boxed(),
         room_list.boxed(),
         stats.boxed(),
         admin_page.boxed(),

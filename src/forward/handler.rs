@@ -36,8 +36,13 @@ impl PeerHandler for AppHandler {
         body: Vec<u8>,
         trace: Option<String>,
     ) -> BoxFuture<Result<Vec<u8>, String>> {
-        let (hub, shared, group, peer) =
-            (Arc::clone(&self.hub), Arc::clone(&self.shared), Arc::clone(&self.group), from.clone());
+        let (hub, shared, group, links, peer) = (
+            Arc::clone(&self.hub),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.group),
+            Arc::clone(&self.links),
+            from.clone(),
+        );
         Box::pin(async move {
             let message = codec::decode::<AppMessage>(&body).map_err(|e| e.to_string())?;
             if !group.is_member(&peer) {
@@ -101,6 +106,7 @@ impl PeerHandler for AppHandler {
                     let closed = hub.sessions().close_acting(&namespace, &user, CloseCode::Terminated);
                     AppAnswer::Closed(closed as u64)
                 }
+                AppMessage::RemoveNode { node } => AppAnswer::Removed(links.remove_here(node).await),
                 AppMessage::Deliver(_) | AppMessage::Held { .. } => {
                     return Err(format!("unexpected request from {}", peer.name));
                 }

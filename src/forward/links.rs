@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use starling_cluster::codec;
 use starling_cluster::membership::GossipStats;
 use starling_cluster::raft::{PeerAnswer, RaftGroup};
-use starling_cluster::transport::{PeerIdentity, PeerTransport, TransportError};
+use starling_cluster::transport::{BoxFuture, PeerIdentity, PeerTransport, TransportError};
 use tracing::debug;
 
-use super::wire::{wrap, AppAnswer, AppMessageOut};
+use super::wire::{wrap, AppAnswer, AppMessageOut, RemovalRefusal, RemovedNode};
 use super::PublishError;
 use crate::fanout::{unix_micros, Draft, Hub, Position, RemoteFanout, RoomMessage};
 use crate::protocol::RoomName;
@@ -26,6 +26,19 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How long a node waits for another to close a user's connections.
 const CLOSE_USER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a node waits for the leader to remove a node (its own
+/// deadline, `cluster::removal`, is 5 s).
+const REMOVE_NODE_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// The peer protocol version that introduced `RemoveNode`.
+const REMOVE_NODE_SINCE: u32 = 8;
+
+/// What a leader runs for a follower's request to remove a node (the
+/// cluster module's; set once gossip runs).
+pub trait NodeRemover: Send + Sync + 'static {
+    fn remove_here(&self, name: String) -> BoxFuture<Result<RemovedNode, RemovalRefusal>>;
+}
 
 /// Who the nodes of the cluster are: the replicated Raft membership.
 pub trait NodeDirectory: Send + Sync + 'static {
@@ -85,6 +98,8 @@ pub struct PeerLinks {
     pub(super) hub: std::sync::OnceLock<Weak<Hub>>,
     /// These links, to start takeover tasks from `&self`.
     pub(super) this: Weak<PeerLinks>,
+    /// Removes nodes when this node leads (set once gossip runs).
+    remover: std::sync::OnceLock<Arc<dyn NodeRemover>>,
 }
 
 impl PeerLinks {
@@ -103,6 +118,7 @@ impl PeerLinks {
             shared,
             hub: std::sync::OnceLock::new(),
             this: this.clone(),
+            remover: std::sync::OnceLock::new(),
         })
     }
 
@@ -209,6 +225,43 @@ impl PeerLinks {
             counts.push(("gossip_malformed", gossip.rejected_malformed.load(Relaxed)));
         }
         counts
+    }
+
+    /// Connects what removes nodes when this node leads (once, when gossip starts).
+    pub fn set_remover(&self, remover: Arc<dyn NodeRemover>) {
+        let _ = self.remover.set(remover);
+    }
+
+    /// A follower's request to remove `name`, as the leader.
+    pub(super) async fn remove_here(&self, name: String) -> Result<RemovedNode, RemovalRefusal> {
+        match self.remover.get() {
+            Some(remover) => remover.remove_here(name).await,
+            None => Err(RemovalRefusal::Unavailable("the leader is still starting".into())),
+        }
+    }
+
+    /// Asks `leader` to remove `name` from the group, over a link that
+    /// runs peer protocol 8 or later (an older leader cannot take it).
+    pub async fn ask_leader_to_remove(
+        &self,
+        leader: &str,
+        name: &str,
+    ) -> Result<RemovedNode, RemovalRefusal> {
+        let addr = self
+            .peer_addr(leader)
+            .ok_or_else(|| RemovalRefusal::Unavailable(format!("no address for the leader {leader}")))?;
+        match self.transport.peer_version(&addr) {
+            None => return Err(RemovalRefusal::Unavailable(format!("no link to the leader {leader} yet"))),
+            Some(version) if version < REMOVE_NODE_SINCE => {
+                return Err(RemovalRefusal::LeaderTooOld { leader: leader.to_string(), version })
+            }
+            Some(_) => {}
+        }
+        match self.ask(&addr, &AppMessageOut::RemoveNode { node: name }, REMOVE_NODE_TIMEOUT).await {
+            Ok(AppAnswer::Removed(result)) => result,
+            Ok(_) => Err(RemovalRefusal::Unavailable(format!("bad answer from the leader {leader}"))),
+            Err(error) => Err(RemovalRefusal::Unavailable(format!("asking the leader {leader}: {error}"))),
+        }
     }
 
     /// Connects the gossip counters (once, when gossip starts).

@@ -4,9 +4,10 @@
 //! node; each node fans it out to its local members.
 //!
 //! This module owns the node-to-node application messages (forwarded
-//! publishes, deliveries), the directory of peer addresses, and the typed
-//! errors a publish can meet across nodes. It must not change membership;
-//! the hub decides nothing but order.
+//! publishes, deliveries, a follower's request to remove a node, which it
+//! carries to the leader's [`NodeRemover`]), the directory of peer
+//! addresses, and the typed errors a publish can meet across nodes. It must
+//! not change membership itself; the hub decides nothing but order.
 
 mod handler;
 mod links;
@@ -19,8 +20,8 @@ use std::time::Instant;
 use tracing::Instrument;
 
 pub use handler::AppHandler;
-pub use links::{NodeDirectory, PeerLinks};
-pub use wire::OwnerRefusal;
+pub use links::{NodeDirectory, NodeRemover, PeerLinks};
+pub use wire::{OwnerRefusal, RemovalRefusal, RemovedNode};
 
 use crate::fanout::{Draft, Hub, Position, Published, SequenceError, Sequenced};
 use crate::protocol::{CloseCode, RoomName};

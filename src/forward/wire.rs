@@ -32,6 +32,10 @@ pub(super) enum AppMessage {
     /// Close every connection here acting as `user` in `namespace` (a
     /// Pusher app's `terminate_connections`). Peer protocol 7.
     CloseUser { namespace: String, user: String },
+    /// To the leader: remove this dead node from the group for good
+    /// (`DELETE /api/cluster/nodes/{name}` on a follower). Peer protocol 8:
+    /// sent only over a link that runs version 8 or later.
+    RemoveNode { node: String },
 }
 
 /// The same messages, borrowed, for sending: serializes exactly as
@@ -44,6 +48,7 @@ pub(super) enum AppMessageOut<'a> {
     State { room: &'a RoomName, min_index: u64 },
     Messages { room: &'a RoomName, epoch: u64, after: u64, min_index: u64 },
     CloseUser { namespace: &'a str, user: &'a str },
+    RemoveNode { node: &'a str },
 }
 
 /// Why the owner did not sequence a forwarded publish.
@@ -74,10 +79,50 @@ pub(super) enum AppAnswer {
     Messages(Option<Vec<RoomMessage>>),
     /// How many connections a `CloseUser` closed.
     Closed(u64),
+    /// What a `RemoveNode` did.
+    Removed(Result<RemovedNode, RemovalRefusal>),
 }
 
 /// An application message wrapped for the peer transport.
 pub(super) fn wrap(message: &AppMessageOut<'_>) -> Result<Vec<u8>, codec::CodecError> {
     let inner = codec::encode(message)?;
     codec::encode(&PeerMessage::App(inner))
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedNode {
+    pub node: String,
+    /// Whether it held a voter seat (else it was a learner).
+    pub was_voter: bool,
+    /// The group after the change, by name.
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+}
+
+/// Why nothing was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemovalRefusal {
+    #[error("{0} is not a member of the raft group")]
+    NotMember(String),
+    #[error("{0} is alive (gossip lists it): stop it first; a removed node that starts again joins as a new learner")]
+    Alive(String),
+    #[error("{0} is the leader or the last voter; stop it (SIGTERM hands leadership over) and remove it from another node")]
+    LeaderOrLastVoter(String),
+    #[error("no leader is known (an election, or no quorum)")]
+    NoLeader,
+    /// The leader's link runs an older peer protocol, which cannot carry
+    /// the request: send it to the leader's own API.
+    #[error("the leader {leader} speaks peer protocol {version}, which cannot take this request: send it to {leader}'s API")]
+    LeaderTooOld { leader: String, version: u32 },
+    /// Retryable: no quorum, a timeout, or the leader changed meanwhile.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RemovalRefusal {
+    /// Whether the same request may succeed later without any change.
+    pub fn retryable(&self) -> bool {
+        matches!(self, RemovalRefusal::NoLeader | RemovalRefusal::Unavailable(_))
+    }
 }

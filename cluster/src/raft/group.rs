@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Config, RaftMetrics, SnapshotPolicy};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, RaftMetrics, SnapshotPolicy};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -34,6 +34,21 @@ impl ProposalValidator for AcceptAll {
     fn validate(&self, _: Option<&PeerIdentity>, _: &[u8]) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Why [`RaftGroup::remove_member`] removed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveMemberError {
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("not a member of the raft group")]
+    NotMember,
+    #[error("the leader and the last voter cannot be removed")]
+    LastVoterOrLeader,
+    /// No quorum for the change in time, or Raft refused it; nothing or
+    /// the whole change may have taken effect.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// How a node takes part in the group.
@@ -266,6 +281,53 @@ impl RaftGroup {
             Ok(_) => Err(ProposeRefusal::Failed("bad answer to a read index".into())),
             Err(_) => Err(ProposeRefusal::NotLeader { leader: Some(node) }),
         }
+    }
+
+    /// Removes the node named `name` from the group for good, voter or
+    /// learner (this node must lead), retrying while another membership
+    /// change is under way, for at most `deadline`. Returns whether it was
+    /// a voter. Deciding that the node is dead is the caller's business.
+    pub async fn remove_member(&self, name: &str, deadline: Duration) -> Result<bool, RemoveMemberError> {
+        let id = node_id(name);
+        let (voter, voters_left) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(self.me) {
+                return Err(RemoveMemberError::NotLeader);
+            }
+            let membership = metrics.membership_config.membership();
+            if membership.get_node(&id).is_none_or(|node| node.name != name) {
+                return Err(RemoveMemberError::NotMember);
+            }
+            let voter = membership.voter_ids().any(|v| v == id);
+            (voter, membership.voter_ids().filter(|v| *v != id).count())
+        };
+        if id == self.me || voters_left == 0 {
+            return Err(RemoveMemberError::LastVoterOrLeader);
+        }
+        let change = if voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        let attempt = async {
+            loop {
+                // `retain: false`: a removed voter does not stay a learner.
+                match self.raft.change_membership(change.clone(), false).await {
+                    Ok(_) => return Ok(voter),
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                        ChangeMembershipError::InProgress(_),
+                    ))) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        return Err(RemoveMemberError::NotLeader)
+                    }
+                    Err(error) => return Err(RemoveMemberError::Failed(error.to_string())),
+                }
+            }
+        };
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| Err(RemoveMemberError::Failed("the membership change timed out".into())))
     }
 
     /// The current leader's name, if known.

@@ -20,7 +20,9 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use group::{AcceptAll, GroupConfig, GroupError, ProposalValidator, ProposeError, RaftGroup};
+pub use group::{
+    AcceptAll, GroupConfig, GroupError, ProposalValidator, ProposeError, RaftGroup, RemoveMemberError,
+};
 pub use log_store::LogStore;
 pub use network::{PeerAnswer, PeerMessage, ProposeRefusal};
 pub use state_machine::{Applier, StateMachine};

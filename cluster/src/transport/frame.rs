@@ -5,14 +5,35 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec;
 
-/// Bumped on any change to [`Frame`]; peers with another version are refused.
+/// The peer protocol this node speaks: bumped on any change to what goes
+/// over a link ([`Frame`], Raft's messages, room commands and snapshots,
+/// application messages). A node also speaks the previous version
+/// ([`OLDEST_PROTOCOL_VERSION`]), so a rolling upgrade needs no full stop.
 /// Version 3: the handshake carries the node's incarnation (boot time), and
 /// links run over mutual TLS unless the cluster is configured insecure.
 /// Version 4: application messages carry structured room messages (room,
 /// epoch, offset, publisher, event, data, publish time), not client text.
 /// Version 7: room commands gain `HooksDelivered` and table snapshots the
 /// webhook outbox; `CloseUser` (a Pusher app's `terminate_connections`).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// Version 8: the application message `RemoveNode` (a follower asks the
+/// leader to remove a dead node); links negotiate their version (N-1).
+pub const PROTOCOL_VERSION: u32 = 8;
+
+/// The oldest peer protocol this node still speaks (N-1). A link runs at
+/// the version its dialer's hello names; a node sends a peer nothing that
+/// peer's version lacks (see `PeerTransport::peer_version`).
+pub const OLDEST_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
+
+/// Whether this node speaks peer protocol `version`.
+pub fn speaks(version: u32) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
+
+/// What an acceptor answers a hello of a version it does not speak (the
+/// same words as version 7's, which a dialer recognises to try an older one).
+pub fn version_refusal(version: u32) -> String {
+    format!("peer protocol version {version} is not supported")
+}
 
 /// The largest frame accepted, in bytes (a Raft snapshot chunk fits).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

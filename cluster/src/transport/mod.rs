@@ -16,7 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frame::{decode_frame, Frame, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PROTOCOL_VERSION};
+pub use frame::{
+    decode_frame, speaks, version_refusal, Frame, MAX_FRAME_BYTES, MAX_HELLO_BYTES, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use tcp::{TcpTransport, TcpTransportConfig};
 pub use tls::{certificate_names, PeerTls, PeerTlsError};
@@ -96,6 +99,13 @@ pub trait PeerTransport: Send + Sync + 'static {
     /// Who answered the handshake of the link to `addr`, while it is up
     /// (where links have no handshake: whoever is registered there).
     fn peer_identity(&self, addr: &str) -> Option<PeerIdentity>;
+    /// The peer protocol version the link to `addr` runs at, while it is
+    /// up: [`PROTOCOL_VERSION`], or the previous one for a peer that speaks
+    /// only that. A message a version introduced goes only to peers whose
+    /// link runs at that version or later.
+    fn peer_version(&self, addr: &str) -> Option<u32> {
+        self.peer_identity(addr).map(|_| PROTOCOL_VERSION)
+    }
     /// The peer that last answered at `addr`, when its link broke and the
     /// address then refused a new connection: its process is gone. `None`
     /// while the link is up, or could be, or where links have no state.

@@ -2,7 +2,7 @@
 //! re-dialled with backoff; an accept loop serving requests from peers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::frame::{
-    encode_frame, read_frame, read_frame_limited, write_frame, Frame, MAX_HELLO_BYTES, PROTOCOL_VERSION,
+    encode_frame, read_frame, read_frame_limited, speaks, version_refusal, write_frame, Frame,
+    MAX_HELLO_BYTES, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use super::tls::{certificate_names, PeerTls};
 use super::{
@@ -102,6 +103,8 @@ struct Link {
     /// Who answered the handshake of the current connection (its name
     /// bound to its certificate when TLS is on).
     identity: Mutex<Option<PeerIdentity>>,
+    /// The peer protocol version the current connection runs at.
+    version: AtomicU32,
     /// Who answered last, once its connection broke and the address then
     /// refused a new connection: that process is gone (see `gone`).
     gone: Mutex<Option<PeerIdentity>>,
@@ -154,6 +157,7 @@ impl TcpTransport {
             connected: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             identity: Mutex::default(),
+            version: AtomicU32::new(PROTOCOL_VERSION),
             gone: Mutex::default(),
         });
         links.insert(addr.to_string(), Arc::clone(&link));
@@ -174,10 +178,11 @@ impl TcpTransport {
             };
             let was_connected = connected.is_ok();
             match connected {
-                Ok((stream, identity)) => {
+                Ok((stream, identity, version)) => {
                     backoff = self.config.backoff_min;
+                    link.version.store(version, Ordering::SeqCst);
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    debug!(peer = %addr, node = %identity.name, "peer link up");
+                    debug!(peer = %addr, node = %identity.name, version, "peer link up");
                     *lock(&link.gone) = None;
                     last = Some(identity.clone());
                     *lock(&link.identity) = Some(identity);
@@ -219,7 +224,28 @@ impl TcpTransport {
         }
     }
 
-    async fn dial(&self, addr: &str) -> Result<(BoxStream, PeerIdentity), DialError> {
+    /// Dials `addr` at this node's peer protocol version and, if the peer
+    /// refuses that version, at the previous one: a peer not yet upgraded
+    /// (or already upgraded further) gets the newest version both speak.
+    /// Every new connection starts from the newest again, so a link to a
+    /// peer that was upgraded meanwhile comes back at its version.
+    async fn dial(&self, addr: &str) -> Result<(BoxStream, PeerIdentity, u32), DialError> {
+        let mut version = PROTOCOL_VERSION;
+        loop {
+            match self.dial_at(addr, version).await {
+                Ok((stream, identity)) => return Ok((stream, identity, version)),
+                Err(error)
+                    if error.reason == version_refusal(version) && version > OLDEST_PROTOCOL_VERSION =>
+                {
+                    debug!(peer = %addr, version, "peer does not speak this peer protocol version; trying the previous one");
+                    version -= 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn dial_at(&self, addr: &str, version: u32) -> Result<(BoxStream, PeerIdentity), DialError> {
         let timeout = self.config.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -242,7 +268,7 @@ impl TcpTransport {
             None => (Box::new(tcp), None),
         };
         let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
+            version,
             cluster_id: self.config.cluster_id.clone(),
             node: self.config.node.clone(),
             incarnation: self.config.incarnation,
@@ -264,7 +290,11 @@ impl TcpTransport {
             }
             Frame::Refused { reason } => {
                 self.stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(peer = %addr, %reason, "peer refused the handshake");
+                if reason == version_refusal(version) && version > OLDEST_PROTOCOL_VERSION {
+                    debug!(peer = %addr, %reason, "peer refused the handshake");
+                } else {
+                    warn!(peer = %addr, %reason, "peer refused the handshake");
+                }
                 Err(reason.into())
             }
             _ => Err("unexpected handshake answer".into()),
@@ -361,8 +391,8 @@ impl TcpTransport {
             self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
             return Err("first frame is not a hello".into());
         };
-        let refusal = if version != PROTOCOL_VERSION {
-            Some(format!("peer protocol version {version} is not supported"))
+        let refusal = if !speaks(version) {
+            Some(version_refusal(version))
         } else if cluster_id != self.config.cluster_id {
             Some("another cluster id".to_string())
         } else if self.config.tls.is_some() && !peer_cert.is_some_and(|cert| certificate_names(&cert, &node))
@@ -376,7 +406,7 @@ impl TcpTransport {
             self.stats.rejected_handshake.fetch_add(1, Ordering::Relaxed);
             warn!(claimed = %node, %reason, "refusing a peer");
             // The peer learns only the version rule, never the expected id or name.
-            let told = if version != PROTOCOL_VERSION { reason.clone() } else { REFUSED.to_string() };
+            let told = if !speaks(version) { reason.clone() } else { REFUSED.to_string() };
             let _ = write_frame(&mut stream, &Frame::Refused { reason: told }).await;
             return Err(reason);
         }
@@ -499,6 +529,11 @@ impl PeerTransport for Arc<TcpTransport> {
         }
         let identity = lock(&link.identity).clone();
         identity
+    }
+
+    fn peer_version(&self, addr: &str) -> Option<u32> {
+        let link = lock(&self.links).get(addr).cloned()?;
+        link.connected.load(Ordering::SeqCst).then(|| link.version.load(Ordering::SeqCst))
     }
 
     fn request(

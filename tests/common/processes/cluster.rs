@@ -247,6 +247,21 @@ impl ProcessCluster {
         self.node(i).signal(signal);
     }
 
+    /// SIGTERM to node `i` (a drain); waits for it to exit.
+    pub async fn terminate(&mut self, i: usize) -> ExitStatus {
+        let mut node =
+            self.nodes[i].take().unwrap_or_else(|| panic!("{} is not running", self.specs[i].name));
+        node.signal(Signal::Term);
+        node.wait_exit(PATIENCE).await
+    }
+
+    /// Removes node `i`'s data dir (a lost disk).
+    pub fn wipe_data_of(&self, i: usize) {
+        if let Some(placement) = &self.specs[i].placement {
+            let _ = std::fs::remove_dir_all(&placement.data_dir);
+        }
+    }
+
     /// SIGTERM to every running node at once; returns their exit statuses.
     pub async fn terminate_all(&mut self) -> Vec<(String, ExitStatus)> {
         for node in self.nodes.iter().flatten() {
@@ -277,6 +292,16 @@ impl ProcessCluster {
     /// `GET path` on node `i` with the API key, if it answers.
     pub async fn api_get(&self, i: usize, path: &str) -> Option<(u16, Value)> {
         http_get(self.api_addr(i), path, &self.secrets.api_key).await
+    }
+
+    /// `DELETE /api/cluster/nodes/{name}` on node `i`: the status and the
+    /// body (a removal may wait seconds for a quorum).
+    pub async fn remove_node(&self, i: usize, name: &str) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.secrets.api_key);
+        let path = format!("/api/cluster/nodes/{name}");
+        let response =
+            super::super::http(self.api_addr(i), "DELETE", &path, &[("Authorization", &auth)], "").await;
+        (response.status, serde_json::from_str(&response.body).unwrap_or(Value::Null))
     }
 
     /// `GET /api/cluster` on node `i`, if it answers.

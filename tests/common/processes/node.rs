@@ -198,6 +198,9 @@ pub struct NodeSpec {
     pub netns: Option<String>,
     /// More environment, applied last (so it wins over the placement's).
     pub env: Vec<(String, String)>,
+    /// Another `starling` binary (an earlier build, for upgrades); `None`
+    /// runs this build's.
+    pub bin: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -210,6 +213,7 @@ impl NodeSpec {
             placement: None,
             netns: None,
             env: Vec::new(),
+            bin: None,
         }
     }
 
@@ -243,13 +247,14 @@ impl NodeSpec {
     }
 
     fn command(&self) -> Command {
+        let bin = self.bin.clone().unwrap_or_else(|| PathBuf::from(BIN));
         let mut command = match &self.netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns, BIN]);
+                command.args(["netns", "exec", netns]).arg(&bin);
                 command
             }
-            None => Command::new(BIN),
+            None => Command::new(&bin),
         };
         // Only the environment below applies, whatever the caller's holds.
         for (var, _) in
