@@ -230,7 +230,7 @@ test("a page survives its node's kill -9, and shows one status line while it is 
 
   // cat retries node-2 only: one status line counts the attempts.
   await cat.waitForFunction(
-    () => /^disconnected \(.+\), retrying \(attempt ([3-9]|\d\d+), /.test(document.getElementById("status").textContent),
+    () => /^disconnected, retrying \(attempt ([3-9]|\d\d+), .+\): \d{4}/.test(document.getElementById("status").textContent),
     null,
     WAIT,
   );
