@@ -49,9 +49,10 @@ async function join(page, name, node) {
   await page.waitForFunction(() => !document.getElementById("text").disabled, null, WAIT);
 }
 
+/** Opens the page served by `node` and joins as `name`; it connects to the first of `options.urls` (default: `node`). */
 async function openChat(node, room, name, options) {
   const page = await openPage(node, room, options);
-  await join(page, name, node);
+  await join(page, name, options?.urls?.[0] ?? node);
   return page;
 }
 
