@@ -46,18 +46,15 @@ pub fn client_js(state: &ApiState) -> Option<Response> {
     })
 }
 
+/// The most characters of a demo user name: 32 characters of at most 4
+/// UTF-8 bytes each stay within the 128 bytes a token's `sub` may have.
+const MAX_NAME_CHARS: usize = 32;
+
 /// `GET /dev/token?user=NAME`: a one-hour token for `chat:*`.
 pub fn token(state: &ApiState, user: Option<&str>) -> Option<Response> {
     let secret = state.demo_secret.as_deref().filter(|_| state.gateway.config.api.demo)?;
-    let user: String = user
-        .unwrap_or("guest")
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
-        .take(32)
-        .collect();
-    let user = if user.is_empty() { "guest".to_string() } else { user };
     let request = MintRequest {
-        sub: user,
+        sub: demo_user(user),
         rooms: vec!["chat:*".into()],
         ttl: Duration::from_secs(3600),
         meta: None,
@@ -68,9 +65,48 @@ pub fn token(state: &ApiState, user: Option<&str>) -> Option<Response> {
     Some(warp::reply::json(&serde_json::json!({ "token": token })).into_response())
 }
 
+/// The user id for a requested demo name: the name as typed (spaces,
+/// punctuation and any script included), trimmed, without control
+/// characters (they could forge lines in a plain-text log) and cut to
+/// [`MAX_NAME_CHARS`]; `guest` when nothing is left. The page reports any
+/// change to the user.
+fn demo_user(requested: Option<&str>) -> String {
+    let user: String = requested
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(MAX_NAME_CHARS)
+        .collect();
+    match user.trim_end() {
+        "" => "guest".to_string(),
+        kept => kept.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ws_url;
+    use super::{demo_user, ws_url};
+
+    #[test]
+    fn a_demo_name_is_kept_as_typed_within_the_sub_limit() {
+        assert_eq!(demo_user(Some("Ann Lee")), "Ann Lee");
+        assert_eq!(demo_user(Some("Zoë O'Brien-Smith")), "Zoë O'Brien-Smith");
+        assert_eq!(demo_user(Some("  ann  ")), "ann");
+        // Control characters go: a name cannot start a new log line.
+        assert_eq!(demo_user(Some("ann\nlee\t")), "annlee");
+        assert_eq!(demo_user(Some("")), "guest");
+        assert_eq!(demo_user(Some(" \u{7} ")), "guest");
+        assert_eq!(demo_user(None), "guest");
+        // 32 characters at most, so at most 128 bytes: a token's `sub` limit.
+        let long = "\u{1F600}".repeat(40);
+        assert_eq!(demo_user(Some(&long)).chars().count(), 32);
+        assert_eq!(demo_user(Some(&long)).len(), 128);
+        // Cutting never leaves a trailing space.
+        assert_eq!(demo_user(Some(&format!("{} tail", "a".repeat(31)))), "a".repeat(31));
+    }
 
     #[test]
     fn the_page_points_at_a_reachable_client_listener() {

@@ -7,50 +7,29 @@
 // to target/admin-dashboard/ at the repository root; their paths are printed.
 
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 import { WebSocket } from "ws";
 
 import { StarlingClient } from "../src/starling.js";
+import { launchChromium, screenshotsIn } from "./chromium.js";
 import { API_KEY, mintToken, startNodes } from "./harness.js";
 
-const OUTPUT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..", "target", "admin-dashboard");
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const screenshot = screenshotsIn("admin-dashboard");
 const WAIT = { timeout: 20000 };
 /** A room name a client controls: markup in it must stay text. */
 const HOSTILE_ROOM = 'chat:<img/src=x/onerror=window.__xss=1>"&';
 
 let cluster;
+let browser;
 let context;
-let profile;
 before(async () => {
-  mkdirSync(OUTPUT, { recursive: true });
   cluster = await startNodes(3);
-  profile = mkdtempSync(join(tmpdir(), "starling-chromium-"));
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 800 },
-  });
+  browser = await launchChromium({ viewport: { width: 1280, height: 800 } });
+  context = browser.context;
 });
 after(async () => {
-  await context?.close();
+  await browser?.close();
   await cluster?.stop();
-  if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
 /** The node cards of the cluster map: name -> state. */
@@ -58,12 +37,6 @@ function nodeStates(page) {
   return page.evaluate(() =>
     Object.fromEntries([...document.querySelectorAll("#nodes .node")].map((n) => [n.dataset.node, n.dataset.state])),
   );
-}
-
-async function screenshot(page, name) {
-  const path = join(OUTPUT, name);
-  await page.screenshot({ path, fullPage: true });
-  console.log(`screenshot: ${path}`);
 }
 
 // Guarantee: with the API key (never in a URL), the dashboard of any node
