@@ -72,13 +72,13 @@ if js_ready clients/js; then
     echo "clients/js: no chromium at $chromium_bin (CI_REQUIRE_JS=1)" >&2
     exit 1
   else
-    echo "-- skipped: the browser tests (no chromium at $chromium_bin; see scripts/setup.sh)"
-    # clients/js/test.sh without browser.test.js (package.test.js skips
+    echo "-- skipped: the page tests, demo and admin (no chromium at $chromium_bin; see scripts/setup.sh)"
+    # clients/js/test.sh without the page tests (package.test.js skips
     # its own browser test).
     (
       cd clients/js
       export STARLING_BIN="${STARLING_BIN:-$(cd ../.. && pwd)/target/debug/starling}"
-      node --test --test-concurrency=1 $(ls test/*.test.js | grep -v '/browser\.test\.js$')
+      node --test --test-concurrency=1 $(ls test/*.test.js | grep -Ev '/(browser|admin)\.test\.js$')
     )
   fi
 fi
