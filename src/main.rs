@@ -182,7 +182,7 @@ fn remove_node(
         None => None,
     };
     let base = match (api, &config) {
-        (Some(api), _) => api.trim_end_matches('/').to_string(),
+        (Some(api), _) => api,
         (None, Some(config)) => {
             let mut addr = config.listen.api;
             if addr.ip().is_unspecified() {
@@ -209,18 +209,20 @@ fn remove_node(
         client = client.add_root_certificate(certificate);
     }
     let client = client.build()?;
-    let segment: String = name
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let url = format!("{base}/api/cluster/nodes/{segment}");
+    // The url crate encodes the name as one path segment.
+    let mut url = reqwest::Url::parse(&base).with_context(|| format!("API URL {base}"))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("API URL {base} cannot take a path"))?
+        .pop_if_empty()
+        .extend(["api", "cluster", "nodes", name]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async {
-        let response =
-            client.delete(&url).bearer_auth(&key).send().await.with_context(|| format!("DELETE {url}"))?;
+        let response = client
+            .delete(url.clone())
+            .bearer_auth(&key)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {url}"))?;
         let status = response.status();
         let body = response.text().await.with_context(|| format!("DELETE {url}"))?;
         anyhow::Ok((status, body))
